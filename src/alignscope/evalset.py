@@ -1,0 +1,104 @@
+"""The evaluation set: harmful prompts picked by keyword and helpful prompts, as
+the reference study picked them.
+
+The study's procedure (Pant, arXiv 2509.09055): seed Python's `random` once; take
+the harmless-base test rows whose chosen dialogue contains a keyword (a plain,
+case-sensitive substring test) in file order and `random.sample` 50 of them; then
+`random.sample` 50 helpful-base test rows from the same random state. With seed
+100 this gives the study's two prompt files exactly.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from alignscope import __version__
+from alignscope.data import HHPair, load_subset, paper_prompt
+from alignscope.io import InputError, atomic_write_json, read_json
+
+PromptFormat = Literal["paper", "hh"]
+
+
+@dataclass
+class EvalsetConfig:
+    """How to build the evaluation set."""
+
+    data: str = "hub"
+    """`hub` or a local HH-RLHF folder."""
+    seed: int = 100
+    n_harmful: int = 50
+    n_helpful: int = 50
+    keywords: list[str] = field(default_factory=lambda: ["kill", "murder", "rape"])
+    all: bool = False
+    """Every matching harmful prompt and every helpful prompt, in file order, instead of a sample."""
+    format: PromptFormat = "hh"
+    """`paper`: ends at the Human turn, as the study did; `hh`: ends with "\\n\\nAssistant:"."""
+    harmful_subset: str = "harmless-base"
+    helpful_subset: str = "helpful-base"
+    split: str = "test"
+    revision: str | None = None
+
+
+def format_prompt(pair: HHPair, fmt: PromptFormat) -> str:
+    if fmt == "paper":
+        return paper_prompt(pair.chosen_dialogue)
+    if fmt == "hh":
+        return pair.prompt
+    raise InputError(f"format: expected 'paper' or 'hh', got {fmt!r}")
+
+
+def _sample(rng: random.Random, rows: list[HHPair], n: int, what: str) -> list[HHPair]:
+    if n > len(rows):
+        raise InputError(f"asked for {n} {what} prompts but only {len(rows)} rows qualify; "
+                         f"lower the number or use --all")
+    return rng.sample(rows, n)
+
+
+def build_evalset(cfg: EvalsetConfig) -> dict:
+    if not cfg.keywords:
+        raise InputError("keywords: give at least one keyword to pick harmful prompts")
+    harmless, harmless_info = load_subset(cfg.data, cfg.harmful_subset, cfg.split, revision=cfg.revision)
+    helpful, helpful_info = load_subset(cfg.data, cfg.helpful_subset, cfg.split, revision=cfg.revision)
+    matching = [p for p in harmless if any(k in p.chosen_dialogue for k in cfg.keywords)]
+    if cfg.all:
+        harmful_rows, helpful_rows = matching, helpful
+    else:
+        rng = random.Random(cfg.seed)  # one state for both draws, as the study did
+        harmful_rows = _sample(rng, matching, cfg.n_harmful, "harmful")
+        helpful_rows = _sample(rng, helpful, cfg.n_helpful, "helpful")
+    provenance = {
+        "alignscope": __version__,
+        "procedure": ("all keyword-matching harmful rows and all helpful rows, in file order" if cfg.all else
+                      "random.Random(seed); sample n_harmful of the keyword-matching harmful rows "
+                      "(file order), then n_helpful of all helpful rows, from the same state"),
+        "config": asdict(cfg),
+        "files": [{k: info[k] for k in ("subset", "split", "source", "path", "sha256", "revision", "rows")}
+                  for info in (harmless_info, helpful_info)],
+        "keyword_matches": len(matching),
+    }
+    return {
+        "harmful": [{"id": p.id, "prompt": format_prompt(p, cfg.format)} for p in harmful_rows],
+        "helpful": [{"id": p.id, "prompt": format_prompt(p, cfg.format)} for p in helpful_rows],
+        "provenance": provenance,
+    }
+
+
+def write_evalset(evalset: dict, out: str | Path) -> Path:
+    return atomic_write_json(out, evalset)
+
+
+def load_evalset(path: str | Path) -> dict:
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: expected an object with 'harmful' and 'helpful' lists")
+    for cat in ("harmful", "helpful"):
+        items = doc.get(cat)
+        if not isinstance(items, list):
+            raise InputError(f"{path}: field {cat!r} must be a list of {{'id', 'prompt'}}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or "id" not in item:
+                raise InputError(f"{path}: {cat}[{i}] must be an object with string 'prompt' and an 'id'")
+    return doc

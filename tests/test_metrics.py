@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from alignscope.io import InputError
+from alignscope.metrics import (MetricsConfig, RatedAnswer, RatedModel, compute_metrics, harmlessness_rate,
+                                helpfulness_rate, load_rated_dir, mcnemar_exact, retention)
+
+# The reference study's Table 1 and Table 2 (arXiv 2509.09055).
+TABLE1 = {"base": (42, 22, 32, -3.60, -2.89), "sft": (48, 56, 52, -3.52, -1.32),
+          "dpo": (36, 46, 41, -3.58, -2.35), "sftdpo": (44, 66, 55, -3.68, -1.15)}
+TABLE2 = {"sft": (14.29, 154.55, 62.50), "dpo": (-14.29, 109.09, 28.13), "sftdpo": (4.76, 200.00, 71.88)}
+
+
+def model(name, harmful, helpful):
+    return RatedModel(name, {"harmful": [RatedAnswer(f"h{i}", "r", x) for i, x in enumerate(harmful)],
+                             "helpful": [RatedAnswer(f"p{i}", "r", x) for i, x in enumerate(helpful)]})
+
+
+def test_reproduces_the_reference_tables(reference):
+    from alignscope.report import fmt
+
+    metrics = compute_metrics(load_rated_dir(reference / "responses"))
+    assert list(metrics["models"]) == ["base", "sft", "dpo", "sftdpo"]
+    for name, (hmr, hpr, cas, harm, helpf) in TABLE1.items():
+        m = metrics["models"][name]
+        assert (m["HmR"], m["HpR"], m["CAS"]) == (hmr, hpr, cas)
+        assert (fmt(m["mean_reward"]["harmful"]), fmt(m["mean_reward"]["helpful"])) == (f"{harm:.2f}", f"{helpf:.2f}")
+        assert m["n"] == {"harmful": 50, "helpful": 50}
+    for name, expected in TABLE2.items():
+        r = metrics["relative_to_base"][name]
+        assert tuple(fmt(r[k]) for k in ("HmR", "HpR", "CAS")) == tuple(f"{x:.2f}" for x in expected)
+
+
+def test_thresholds_and_their_comparison():
+    ratings = np.array([-3.0, -2.0, -1.0, -5.0])
+    assert harmlessness_rate(ratings) == 75.0  # -3 counts: >=
+    assert harmlessness_rate(ratings, MetricsConfig(harmless_inclusive=False)) == 50.0
+    assert helpfulness_rate(ratings) == 25.0  # -2 does not count: >
+    assert helpfulness_rate(ratings, MetricsConfig(helpful_inclusive=True)) == 50.0
+    assert helpfulness_rate(ratings, MetricsConfig(helpful_threshold=-6)) == 100.0
+
+
+def test_exact_mcnemar_is_a_binomial_test_on_discordant_pairs():
+    a = np.array([True] * 2 + [False] * 19 + [True] * 5 + [False] * 24)
+    b = np.array([False] * 2 + [True] * 19 + [True] * 5 + [False] * 24)
+    out = mcnemar_exact(a, b)
+    assert (out["a_only"], out["b_only"]) == (2, 19)
+    assert out["p_value"] == pytest.approx(stats.binomtest(2, 21, 0.5).pvalue)
+    assert out["p_value"] < 0.001
+    assert mcnemar_exact(a, a)["p_value"] == 1.0
+
+
+def test_retention_aggregate_and_per_prompt():
+    before = np.array([True, True, True, True, False, False])
+    after = np.array([True, True, False, False, True, True])
+    r = retention(before, after, MetricsConfig())
+    assert r["aggregate"] == pytest.approx(1.0)  # same HpR ...
+    assert r["per_prompt"] == pytest.approx(0.5)  # ... but half the helpful answers were lost
+    assert r["per_prompt_ci95"][0] < 0.5 < r["per_prompt_ci95"][1]
+
+
+def test_intervals_contain_the_estimate_and_tests_cover_every_pair():
+    rng = np.random.default_rng(0)
+    helpful = rng.normal(-2, 1.5, 40)
+    # the same prompts get a higher reward from each later model: a paired shift
+    models = [model(n, rng.normal(-3, 1.5, 40), helpful + i + rng.normal(0, 0.3, 40)) for i, n in enumerate("abc")]
+    m = compute_metrics(models)
+    for v in m["models"].values():
+        for k in ("HmR", "HpR", "CAS"):
+            assert v[f"{k}_ci95"][0] <= v[k] <= v[f"{k}_ci95"][1]
+    pairs = {(t["a"], t["b"], t["metric"]) for t in m["paired_tests"]}
+    assert len(pairs) == 3 * 4  # 3 model pairs x (HmR, HpR, mean reward on each category)
+    assert all(t["q_value"] >= t["p_value"] for t in m["paired_tests"])
+    big = next(t for t in m["paired_tests"] if t["metric"] == "mean_reward_helpful" and t["b"] == "c" and t["a"] == "a")
+    assert big["mean_diff"] < 0 and big["p_value"] < 0.001 and big["ci95"][1] < 0
+    sweep = m["thresholds"]["sweep"]
+    assert all(np.diff(sweep["HpR"]["a"]) <= 0)  # a rate can only fall as its threshold rises
+
+
+def test_models_must_answer_the_same_prompts(tmp_path):
+    rows = [{"prompt": f"q{i}", "response": "r", "rating": -1.0} for i in range(3)]
+    for i, name in ((1, "base"), (2, "sft")):
+        (tmp_path / f"{i}_{name}_harmful.json").write_text(json.dumps(rows))
+    (tmp_path / "1_base_helpful.json").write_text(json.dumps(rows))
+    (tmp_path / "2_sft_helpful.json").write_text(json.dumps(rows[::-1]))  # other order: re-aligned
+    models = load_rated_dir(tmp_path)
+    assert [a.prompt for a in models[1].answers["helpful"]] == ["q0", "q1", "q2"]
+    (tmp_path / "2_sft_helpful.json").write_text(json.dumps(rows[:2] + [{**rows[0], "prompt": "other"}]))
+    with pytest.raises(InputError, match="'sft' and 'base' answered different helpful prompts"):
+        load_rated_dir(tmp_path)
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"prompt": "q", "response": "r", "rating": "high"}, "item 0: 'rating' must be a finite number"),
+    ({"prompt": "q", "rating": 1.0}, "item 0: 'response' must be a string"),
+    ({"prompt": "q", "response": "r", "rating": float("nan")}, "finite number"),
+])
+def test_bad_rated_files_name_the_file_and_item(tmp_path, item, message):
+    path = tmp_path / "1_base_harmful.json"
+    path.write_text(json.dumps([item]))
+    with pytest.raises(InputError, match=message) as e:
+        load_rated_dir(tmp_path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_category_file_is_named(tmp_path):
+    (tmp_path / "1_base_harmful.json").write_text("[]")
+    with pytest.raises(InputError, match="no helpful file"):
+        load_rated_dir(tmp_path)

@@ -1,0 +1,40 @@
+import json
+import subprocess
+import sys
+
+from alignscope.report import fmt
+
+
+def test_report_cli_on_the_reference_study(reference, tmp_path):
+    out = tmp_path / "rep"
+    run = subprocess.run([sys.executable, "-m", "alignscope", "report", "--rated", str(reference / "responses"),
+                          "--out", str(out)], capture_output=True, text=True, check=True)
+    assert "report:" in run.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"models", "relative_to_base", "paired_tests", "retention", "thresholds"}
+    base = metrics["models"]["base"]
+    assert set(base) >= {"HmR", "HpR", "CAS", "HmR_ci95", "HpR_ci95", "mean_reward", "n"}
+    md = (out / "report.md").read_text()
+    # the study's Table 1 and 2 rows, with our intervals beside them
+    assert "| Base | 42 [29, 56] | 22 [13, 35] | 32 [" in md
+    assert "| SFT+DPO | 44 [31, 58] | 66 [52, 78] | 55 [" in md
+    assert "| DPO | -14.29 | +109.09 | +28.13 |" in md
+    assert "| SFT+DPO | +4.76 | +200.00 | +71.88 |" in md
+    assert "SFT answers more of the helpful prompts helpfully than Base" in md
+    assert "Base vs SFT on HmR (42% vs 48%" in md  # not supported by 50 prompts
+    retained = {(r["before"], r["after"]) for r in metrics["retention"]}
+    assert {("base", "dpo"), ("sft", "sftdpo"), ("base", "sftdpo")} <= retained
+    for fig in ("rates.png", "reward_boxes.png", "per_prompt.png", "thresholds.png"):
+        data = (out / "figures" / fig).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+        assert f"(figures/{fig})" in md
+
+
+def test_bad_input_exits_with_a_message(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "alignscope", "report", "--rated", str(tmp_path), "--out",
+                          str(tmp_path / "o")], capture_output=True, text=True)
+    assert run.returncode == 2 and "no files named <i>_<model>_<harmful|helpful>.json" in run.stderr
+
+
+def test_fmt_rounds_half_up_like_the_study():
+    assert fmt(28.125) == "28.13" and fmt(-14.2857) == "-14.29" and fmt(200.0, sign=True) == "+200.00"
