@@ -6,7 +6,6 @@ not pay for importing torch.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -104,6 +103,31 @@ def report_cmd(
     for name, m in metrics["models"].items():
         typer.echo(f"{name:>10}: HmR {m['HmR']:5.1f}  HpR {m['HpR']:5.1f}  CAS {m['CAS']:5.1f}")
     typer.echo(f"report: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}")
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_cmd(
+    method: Annotated[str, typer.Argument(help="sft or dpo")],
+    recipe: Annotated[Path, typer.Argument(help="A training recipe YAML (see configs/).")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. training.learning_rate=1e-5 output_dir=runs/x")] = None,
+):
+    """Train SFT or DPO from a recipe through TRL; rerunning resumes from the last complete checkpoint."""
+    from alignscope.config import load_yaml
+    from alignscope.train import load_recipe, train
+
+    if method not in ("sft", "dpo"):
+        raise InputError(f"method {method!r}: expected sft or dpo")
+    declared = load_yaml(recipe)[0].get("method")
+    if declared not in (None, method):
+        raise InputError(f"{recipe}: the recipe says method: {declared}, but you ran `alignscope train {method}`")
+    cfg = load_recipe(recipe, [*(overrides or []), f"method={method}"])
+    result = train(cfg)
+    if result.skipped:
+        typer.echo(f"{cfg.output_dir} already holds this recipe's finished run; nothing to do")
+    losses = [x["loss"] for x in result.log_history if "loss" in x]
+    if losses:
+        typer.echo(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} logged steps")
+    typer.echo(f"model: {result.model_dir}")
 
 
 def main() -> None:

@@ -1,0 +1,487 @@
+"""SFT and DPO on HH-RLHF through TRL, from one recipe.
+
+One flow, top to bottom: resolve the recipe -> load the data -> load the model
+(and its reference) -> build TRL's trainer -> train, resuming from the last
+complete checkpoint -> save the model (LoRA merged, adapter kept), the resolved
+recipe, the data manifest and the training log, each written atomically.
+
+Correctness choices worth knowing:
+- Labels come from TRL's completion masks, never from comparing tokens with the
+  pad id, and the pad token is not EOS where the tokenizer has another one: with
+  pad == eos and a pad-masking collator (the study's setting) the EOS that ends a
+  reply is never a label, and the model never learns to stop.
+- SFT trains on the replies (`completion_only_loss`); DPO scores exactly the
+  chosen and rejected replies (TRL's completion mask on a prompt/chosen/rejected
+  dataset).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from alignscope.config import load_config, parse_config
+from alignscope.data import DataConfig, HHPair, load_pairs
+from alignscope.io import InputError, atomic_write_json, atomic_write_text, read_json, sha256_json
+
+COMPLETE_MARKER = "alignscope-complete"
+DONE_FILE = "done.json"
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class TrainingSettings:
+    epochs: float = 1.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run the epochs)."""
+    learning_rate: float = 2e-5
+    per_device_batch_size: int = 2
+    gradient_accumulation_steps: int = 4
+    max_length: int = 512
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    """Share of the steps spent warming the learning rate up from 0."""
+    weight_decay: float = 0.0
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 where the GPU or CPU computes it natively, else fp32."""
+    completion_only_loss: bool = True
+    """SFT: loss on the replies only; false trains on the whole dialogue, as the reference study did."""
+    group_by_length: bool = True
+    """Batch sequences of similar length together: less padding, same data."""
+    padding_free: bool = False
+    """SFT: flatten each batch into one unpadded sequence (block-diagonal attention)."""
+    compact_lm_head: bool = True
+    """Project through the LM head only the positions that carry a label (TRL does this on CUDA; we do it on CPU too)."""
+    gradient_checkpointing: bool = False
+    save_steps: int = 200
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    num_threads: int | None = None
+    """CPU threads for torch; default: all cores."""
+
+
+@dataclass
+class DPOSettings:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    reference: str | None = None
+    """Reference model; default: the policy's own starting weights (with LoRA, the adapter switched off)."""
+    precompute_ref_log_probs: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """A training recipe: one YAML file, any field overridable as key=value."""
+
+    method: Literal["sft", "dpo"]
+    model: str
+    """Base model: hub id (facebook/opt-350m), local folder, or packaged name (gemma-3-270m, smollm2-135m-instruct)."""
+    output_dir: str
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraSettings | None = None
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+    allow_pickle: bool = False
+    """Allow loading pickled (.bin) weights, which can run arbitrary code from the file."""
+    revision: str | None = None
+    """Hub revision of the base model."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    log_history: list[dict]
+    skipped: bool = False
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides)
+
+
+def recipe_hash(cfg: TrainConfig) -> str:
+    """What decides the trained weights; logging and saving cadence do not. Validated
+    first, so `epochs: 2` and `epochs: 2.0` hash alike."""
+    d = asdict(parse_config(TrainConfig, asdict(cfg)))
+    for key in ("save_steps", "save_total_limit", "logging_steps", "num_threads"):
+        d["training"].pop(key)
+    return sha256_json(d)
+
+
+# --------------------------------------------------------------------------- data
+
+def sft_dataset(pairs: list[HHPair]):
+    """prompt / completion rows: the chosen reply is the completion (TRL appends EOS)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [p.prompt for p in pairs], "completion": [p.chosen for p in pairs],
+                              "id": [p.id for p in pairs]})
+
+
+def dpo_dataset(pairs: list[HHPair]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [p.prompt for p in pairs], "chosen": [p.chosen for p in pairs],
+                              "rejected": [p.rejected for p in pairs], "id": [p.id for p in pairs]})
+
+
+# --------------------------------------------------------------------------- models
+
+def choose_precision(setting: str) -> str:
+    import torch
+
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # CPUs with AVX512-BF16 or AMX run bf16 matmuls natively (about 1.7x fp32 here)
+    return "bf16" if torch.backends.mkldnn.is_available() and _cpu_has_bf16() else "fp32"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def load_tokenizer(path: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=revision)
+    ensure_pad_token(tok)
+    return tok
+
+
+def ensure_pad_token(tok) -> None:
+    """A pad token that is not EOS where the vocabulary has one (OPT's <pad>, SmolLM2's <|endoftext|>).
+
+    Nothing we train masks labels by pad id, so pad == eos would still train the EOS,
+    but a distinct pad keeps that true for any collator a user plugs in."""
+    if tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id:
+        return
+    for candidate in (tok.unk_token, "<pad>", "<|endoftext|>"):
+        if candidate and candidate != tok.eos_token and candidate in tok.get_vocab():
+            tok.pad_token = candidate
+            return
+    tok.pad_token = tok.eos_token  # last resort; labels still come from masks
+
+
+def load_causal_lm(spec: str, allow_pickle: bool = False, revision: str | None = None, dtype=None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from alignscope.models import resolve_model
+
+    resolved = resolve_model(spec, allow_pickle)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved, dtype=dtype or torch.float32, revision=revision,
+            use_safetensors=None if allow_pickle else True)
+    except OSError as e:
+        raise InputError(f"could not load model {spec!r}: {e}") from None
+    return model, resolved
+
+
+def check_lora_targets(model, lora: LoraSettings) -> None:
+    import torch
+
+    linear_names = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                           if isinstance(mod, torch.nn.Linear)})
+    missing = [t for t in lora.target_modules if t not in linear_names]
+    if missing:
+        raise InputError(
+            f"lora.target_modules: {missing} not found in {type(model).__name__}; "
+            f"its linear layers are named: {', '.join(linear_names)}")
+
+
+def lora_config(lora: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+@contextlib.contextmanager
+def compact_lm_head(enabled: bool):
+    """TRL's fused LM head projects only labelled positions on Triton devices and every
+    position elsewhere (to keep shapes fixed for compilers like Neuron's). On a CPU the
+    compaction is pure gain: an HH prompt is most of its tokens, and Gemma's 262k-word
+    head is most of its FLOPs. The projection itself is TRL's own, in fp32."""
+    import trl.trainer.utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if not enabled or original is None:
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def _checkpoint_marker_callback():
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """Mark a checkpoint complete once Trainer has written all of it; resume trusts only marked ones."""
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    atomic_write_text(ckpt / COMPLETE_MARKER, f"{state.global_step}\n")
+
+    return MarkComplete()
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    if not folder.is_dir():
+        return None
+    ckpts = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (ckpt / COMPLETE_MARKER).is_file():
+            return ckpt
+    return None
+
+
+# --------------------------------------------------------------------------- the flow
+
+def trl_args(cfg: TrainConfig, precision: str, checkpoints: Path):
+    import torch
+    from trl import DPOConfig, SFTConfig
+
+    t = cfg.training
+    common = dict(
+        output_dir=str(checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
+        learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
+        lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
+        seed=t.seed, data_seed=t.seed, bf16=precision == "bf16", fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(), gradient_checkpointing=t.gradient_checkpointing,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps, report_to="none", dataloader_pin_memory=False,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        disable_tqdm=os.environ.get("ALIGNSCOPE_QUIET") == "1",
+    )
+    if cfg.method == "sft":
+        return SFTConfig(**common, completion_only_loss=t.completion_only_loss, padding_free=t.padding_free)
+    return DPOConfig(**common, beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type],
+                     precompute_ref_log_probs=cfg.dpo.precompute_ref_log_probs)
+
+
+def build_trainer(cfg: TrainConfig, model, tokenizer, dataset, ref_model=None, precision: str = "fp32",
+                  checkpoints: Path | None = None):
+    from trl import DPOTrainer, SFTTrainer
+
+    args = trl_args(cfg, precision, checkpoints or Path(cfg.output_dir) / "checkpoints")
+    kwargs = dict(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
+                  peft_config=lora_config(cfg.lora) if cfg.lora else None,
+                  callbacks=[_checkpoint_marker_callback()])
+    if cfg.method == "sft":
+        # the length sampler measures SFT rows by their input_ids
+        return _resumable(SFTTrainer)(**kwargs)
+    if cfg.training.group_by_length:
+        # preference rows have no input_ids: give the sampler a length (characters of the longer side)
+        kwargs["train_dataset"] = dataset.map(
+            lambda r: {"length": len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"]))})
+    return _resumable(DPOTrainer)(ref_model=ref_model, **kwargs)
+
+
+def _resumable(base):
+    """`base` with a length-grouped sampler that a resumed run replays exactly.
+
+    transformers' LengthGroupedSampler draws each epoch's order from the global RNG,
+    so a run resumed mid-training sees a different order than one never stopped.
+    Reseeding it from (seed, epoch), as accelerate does for random samplers, fixes that."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededLengthSampler(LengthGroupedSampler):
+        def __init__(self, batch_size: int, lengths: list[int], seed: int):
+            super().__init__(batch_size, lengths=lengths)
+            self.seed = seed
+            self.set_epoch(0)
+
+        def set_epoch(self, epoch: int) -> None:  # called by accelerate at each epoch
+            self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+    class Trainer(base):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+                return EpochSeededLengthSampler(sampler.batch_size, sampler.lengths, seed)
+            return sampler
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()  # keep `length` for the sampler; collators ignore it
+            if self._signature_columns is not None and "length" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "length"]
+
+    Trainer.__name__ = Trainer.__qualname__ = f"Resumable{base.__name__}"
+    return Trainer
+
+
+def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResult:
+    """Run a recipe to completion, or resume it. `stop_after_step` simulates a kill (tests)."""
+    import torch
+
+    out = Path(cfg.output_dir)
+    done = out / DONE_FILE
+    digest = recipe_hash(cfg)
+    if done.is_file():
+        doc = read_json(done)
+        if doc.get("recipe_hash") == digest:
+            return TrainResult(out, out / "model", read_json(out / "train_log.json"), skipped=True)
+        raise InputError(f"{out} holds a finished run of a different recipe; choose another output_dir "
+                         "or delete that folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    started = time.time()
+
+    # Everything that can be wrong with the recipe fails here, before any training.
+    model, resolved = load_causal_lm(cfg.model, cfg.allow_pickle, cfg.revision)
+    if cfg.lora:
+        check_lora_targets(model, cfg.lora)
+    tokenizer = load_tokenizer(resolved, cfg.revision)
+    loaded = load_pairs(cfg.data)
+    if not loaded.pairs:
+        raise InputError("data: the recipe selects no training pairs")
+    ref_model = None
+    if cfg.method == "dpo" and (cfg.dpo.reference or not cfg.lora):
+        # Without LoRA, TRL would reload the reference from config._name_or_path; load it ourselves.
+        ref_model, _ = load_causal_lm(cfg.dpo.reference or cfg.model, cfg.allow_pickle, cfg.revision)
+    precision = choose_precision(cfg.training.precision)
+
+    dataset = sft_dataset(loaded.pairs) if cfg.method == "sft" else dpo_dataset(loaded.pairs)
+    checkpoints = out / "checkpoints"
+    with compact_lm_head(cfg.training.compact_lm_head):
+        trainer = build_trainer(cfg, model, tokenizer, dataset, ref_model, precision, checkpoints)
+        main = trainer.accelerator.is_main_process
+        if main:
+            # TRL drops rows whose prompt alone fills max_length: record the rows actually trained on
+            trained = list(trainer.train_dataset["id"])
+            kept = set(trained)
+            atomic_write_text(out / "recipe.yaml", _yaml(asdict(cfg)))
+            atomic_write_json(out / "data_manifest.json", {
+                **loaded.summary, "rows_trained": len(trained),
+                "dropped_by_trainer": [p.id for p in loaded.pairs if p.id not in kept],
+                "rows": trained, "rows_sha256": sha256_json(trained)})
+        if stop_after_step is not None:
+            trainer.add_callback(_stop_at(stop_after_step))
+        resume = last_complete_checkpoint(checkpoints)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    model_dir = save_outputs(trainer, tokenizer, cfg, out)
+    log = trainer.state.log_history
+    if main:
+        atomic_write_json(out / "train_log.json", log)
+        atomic_write_json(done, {
+            "recipe_hash": digest, "model_dir": str(model_dir), "precision": precision,
+            "resolved_model": resolved, "global_step": trainer.state.global_step,
+            "resumed_from": str(resume) if resume else None, "seconds": round(time.time() - started, 1),
+            "processes": trainer.accelerator.num_processes, "versions": package_versions()})
+    return TrainResult(out, model_dir, log)
+
+
+class TrainingInterrupted(RuntimeError):
+    def __init__(self, step: int):
+        super().__init__(f"training stopped after step {step}; run again to resume")
+        self.step = step
+
+
+def _stop_at(step: int):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        """Dies like a killed process would: mid-run, after whatever was saved so far."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                raise TrainingInterrupted(state.global_step)
+
+    return Crash()
+
+
+def save_outputs(trainer, tokenizer, cfg: TrainConfig, out: Path) -> Path:
+    """model/ (LoRA merged, ready for evaluation) and adapter/ (LoRA only), each renamed into place whole.
+
+    Saving goes through `trainer.save_model`, which gathers sharded weights under FSDP
+    and DeepSpeed; every rank calls it, only the main process renames and merges."""
+    from peft import PeftModel
+
+    state = trainer.accelerator
+    is_lora = isinstance(state.unwrap_model(trainer.model), PeftModel)
+    target = out / ("adapter" if is_lora else "model")
+    tmp = out / f".{target.name}.tmp"
+    if state.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    state.wait_for_everyone()
+    trainer.save_model(str(tmp))
+    if state.is_main_process:
+        tokenizer.save_pretrained(tmp)
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; recipe.yaml records the arguments
+        _replace(tmp, target)
+        if is_lora:
+            # Merge on a fresh copy of the base, on the CPU, in fp32: the evaluation model
+            # is then the same whatever precision or sharding the training ran under.
+            base, _ = load_causal_lm(cfg.model, cfg.allow_pickle, cfg.revision)
+            merged = PeftModel.from_pretrained(base, target).merge_and_unload()
+            _save_folder(out / "model", lambda d: (merged.save_pretrained(d, safe_serialization=True),
+                                                   tokenizer.save_pretrained(d)))
+    state.wait_for_everyone()
+    return out / "model"
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
+def _save_folder(target: Path, write) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(tmp)
+        _replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("alignscope", "torch", "transformers", "trl", "peft", "datasets", "accelerate"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _yaml(obj) -> str:
+    import yaml
+
+    return yaml.safe_dump(obj, sort_keys=False)

