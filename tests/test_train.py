@@ -146,7 +146,8 @@ def test_a_killed_run_resumes_to_the_same_loss(world, method):
 
     def cfg(name):
         return TrainConfig(method=method, model=str(world["model"]), output_dir=str(root / name),
-                           data=world["data"], lora=lora, training=settings(epochs=3, save_steps=4))
+                           data=world["data"], lora=lora, training=settings(epochs=3, save_steps=4,
+                                                                            keep_checkpoints=True))
 
     straight = train(cfg("straight"))
     with pytest.raises(TrainingInterrupted):
@@ -166,7 +167,8 @@ def test_a_killed_run_resumes_to_the_same_loss(world, method):
 def test_outputs_and_rerun_skips(world):
     out = world["sft"].output_dir
     assert {p.name for p in out.iterdir()} >= {"model", "recipe.yaml", "data_manifest.json", "train_log.json",
-                                                "done.json", "checkpoints"}
+                                                "done.json"}
+    assert not (out / "checkpoints").exists()  # removed once done.json is written (keep_checkpoints: false)
     manifest = json.loads((out / "data_manifest.json").read_text())
     assert manifest["rows_trained"] == 24 and manifest["rows"][0] == "harmless-base/train/1"
     recipe = load_recipe(out / "recipe.yaml")

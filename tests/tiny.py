@@ -56,3 +56,52 @@ def hh_pairs(n: int, chosen: str = " Sure, here is how.", rejected: str = " Go a
         prompt = f"\n\nHuman: How do I {topics[i % len(topics)]}? ({i})\n\nAssistant:"
         rows.append({"chosen": prompt + chosen, "rejected": prompt + rejected})
     return rows
+
+
+def tiny_gemma3(folder: Path, sliding_window: int = 8, seed: int = 0) -> Path:
+    """A 4-layer Gemma-3 (three sliding-window layers, one full) with a small window, so
+    that short prompts already exercise the sliding cache."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = opt_tokenizer(folder.parent / f".{folder.name}-tok")
+    cfg = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=sliding_window,
+                           layer_types=["sliding_attention"] * 3 + ["full_attention"], max_position_embeddings=512,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(cfg)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_deberta_rm(folder: Path, corpus: list[str], seed: int = 0) -> Path:
+    """A 2-layer DeBERTa-v2 reward model (one logit) with a sentencepiece tokenizer trained here.
+
+    DebertaV2Tokenizer(vocab_file=...) silently yields a 7-token vocabulary in
+    transformers 5; a trained unigram model with DeBERTa's special ids, loaded as a
+    folder, works."""
+    import sentencepiece as spm
+    import torch
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification, DebertaV2Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = folder / "corpus.txt"
+    text.write_text("\n".join(corpus))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(folder / "spm"), vocab_size=400,
+                                   model_type="unigram", pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]",
+                                   eos_id=2, eos_piece="[SEP]", unk_id=3, unk_piece="[UNK]",
+                                   user_defined_symbols=["[MASK]"], hard_vocab_limit=False, minloglevel=2)
+    text.unlink()
+    (folder / "spm.vocab").unlink()
+    tok = DebertaV2Tokenizer.from_pretrained(folder)
+    cfg = DebertaV2Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=512, relative_attention=True,
+                          pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
+                          num_labels=1, pad_token_id=0)
+    torch.manual_seed(seed)
+    model = DebertaV2ForSequenceClassification(cfg)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder

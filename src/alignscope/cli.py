@@ -130,6 +130,102 @@ def train_cmd(
     typer.echo(f"model: {result.model_dir}")
 
 
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="answer", leave=False, disable=None)
+    return bar, bar.update
+
+
+def _cache(kind: str, enabled: bool):
+    from alignscope.cache import ResultCache
+    from alignscope.models import cache_dir
+
+    return ResultCache(cache_dir() / kind, enabled=enabled)
+
+
+@app.command("generate")
+def generate_cmd(
+    model: Annotated[str, typer.Option(help="Hub id, model folder, or packaged name (gemma-3-270m, smollm2-135m-instruct).")],
+    evalset: Annotated[Path, typer.Option(help="Evaluation set JSON from `alignscope evalset`.")],
+    out: Annotated[Path, typer.Option(help="Folder for <index>_<name>_<harmful|helpful>.json answers.")],
+    name: Annotated[Optional[str], typer.Option(help="Model name in the file names (default: the model's folder or id name).")] = None,
+    index: Annotated[int, typer.Option(help="Order among models; the report takes index 1 as the base.")] = 1,
+    max_new_tokens: int = 50,
+    batch_size: Annotated[int, typer.Option(help="Answers decoded together.")] = 128,
+    prefill_batch_size: Annotated[int, typer.Option(help="At most this many prompts run through the model together.")] = 64,
+    prefill_tokens: Annotated[int, typer.Option(help="... and at most this many padded tokens.")] = 1024,
+    precision: Annotated[str, typer.Option(help="fp32 (answers equal one-at-a-time answers) or bf16.")] = "fp32",
+    backend: Annotated[str, typer.Option(help="hf, or vllm (GPU, if installed).")] = "hf",
+    stop_at_human_turn: Annotated[Optional[bool], typer.Option("--stop-at-human-turn/--no-stop-at-human-turn", help="Cut answers at the next Human turn; default: on for hh-format prompts.")] = None,
+    cache: Annotated[bool, typer.Option(help="Reuse and store answers in the cache.")] = True,
+    allow_pickle: bool = False,
+):
+    """Greedy answers to an evaluation set, batched and cached."""
+    from alignscope.evalset import load_evalset
+    from alignscope.generate import GenerateConfig, answer_evalset, write_answer_files
+
+    doc = load_evalset(evalset)
+    cfg = GenerateConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, prefill_batch_size=prefill_batch_size,
+                         prefill_tokens=prefill_tokens, precision=precision, backend=backend,
+                         stop_at_human_turn=stop_at_human_turn)
+    bar, tick = _progress(len(doc["harmful"]) + len(doc["helpful"]), "generating")
+    answers, info = answer_evalset(model, doc, cfg, _cache("generations", cache), allow_pickle, progress=tick)
+    bar.close()
+    name = name or Path(model.rstrip("/")).name.replace("_", "-")
+    write_answer_files(out, index, name, answers, info)
+    typer.echo(f"{info['answers']} answers ({info['computed']} computed, {info['cached']} from the cache) "
+               f"in {info['seconds']} s; stopped: {info['stopped']}; empty: {info['empty']}")
+    typer.echo(f"written: {out}/{index}_{name}_harmful.json, {out}/{index}_{name}_helpful.json")
+
+
+@app.command("score")
+def score_cmd(
+    answers: Annotated[Path, typer.Option(help="Folder of <i>_<model>_<harmful|helpful>.json answers.")],
+    out: Annotated[Path, typer.Option(help="Folder for the rated files `alignscope report` reads.")],
+    scorer: Annotated[str, typer.Option(help="Reward model: hub id or folder (e.g. runs/reward-model/model).")] = "OpenAssistant/reward-model-deberta-v3-large-v2",
+    max_length: int = 512,
+    batch_size: int = 8,
+    cache: bool = True,
+    allow_pickle: bool = False,
+):
+    """Score answers with a reward model, batched and cached."""
+    from alignscope.score import ScoreConfig, rate_folder
+
+    cfg = ScoreConfig(model=scorer, max_length=max_length, batch_size=batch_size, allow_pickle=allow_pickle)
+    info = rate_folder(answers, out, cfg, _cache("scores", cache))
+    typer.echo(f"{info['computed']} pairs scored, {info['cached']} from the cache, in {info['seconds']} s; "
+               f"{info['empty_answers']} empty answers scored as they are")
+    typer.echo(f"rated answers: {out}")
+
+
+@app.command("train-rm", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_rm_cmd(
+    recipe: Annotated[Path, typer.Argument(help="A reward-model recipe YAML (see configs/recipes/reward-model.yaml).")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides.")] = None,
+):
+    """Train a local reward model with TRL's RewardTrainer; reports held-out pair accuracy."""
+    from alignscope.reward_model import load_rm_config, train_reward_model
+
+    manifest = train_reward_model(load_rm_config(recipe, overrides or []))
+    typer.echo(f"held-out pair accuracy {manifest['heldout_accuracy']:.3f} on {manifest['heldout_pairs']} pairs "
+               f"(before training {manifest['heldout_accuracy_before_training']:.3f}; "
+               f"OpenAssistant DeBERTa on Anthropic HH: {manifest['openassistant_hh_accuracy']:.2f})")
+    typer.echo(f"model: {manifest['config']['output_dir']}/model")
+
+
+@app.command("study", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def study_cmd(
+    config: Annotated[Path, typer.Argument(help="A study config YAML (see configs/).")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. data=../shared/data/hh-rlhf output_dir=runs/x")] = None,
+):
+    """Run a whole study: evaluation set, training, generation, scoring, metrics and report; rerun to resume."""
+    from alignscope.study import load_study, run_study
+
+    cfg = load_study(config, overrides or [])
+    run_study(cfg, config)
+
+
 def main() -> None:
     try:
         app()

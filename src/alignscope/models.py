@@ -147,37 +147,47 @@ def resolve_model(spec: str, allow_pickle: bool = False) -> str:
     return spec
 
 
-def model_fingerprint(resolved: str) -> str:
-    """A stable id of the weights: sha256 of a folder's weight files (cached by size and
-    mtime), or the hub commit a hub id resolves to."""
+def model_fingerprint(resolved: str, revision: str | None = None) -> str:
+    """A stable id of what decides a model's outputs: the sha256 of every file in its
+    folder (weights, config, tokenizer; cached by size and mtime), or for a hub id the
+    commit it resolves to."""
     path = Path(resolved)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-        if not files:
-            raise InputError(f"{path}: no weight files to fingerprint")
-        stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-        sidecar = cache_dir() / "fingerprints" / (sha256_text(str(path.resolve())) + ".json")
-        if sidecar.is_file():
-            try:
-                doc = read_json(sidecar)
-                if doc.get("stamp") == stamp:
-                    return doc["fingerprint"]
-            except InputError:
-                pass
-        import hashlib
+    if not path.is_dir():
+        path = _hub_snapshot(resolved, revision)
+        if isinstance(path, str):
+            return path
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.name != CONVERSION_MARKER)
+    if not files:
+        raise InputError(f"{path}: no files to fingerprint")
+    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    sidecar = cache_dir() / "fingerprints" / (sha256_text(str(path.resolve())) + ".json")
+    if sidecar.is_file():
+        try:
+            doc = read_json(sidecar)
+            if doc.get("stamp") == stamp:
+                return doc["fingerprint"]
+        except InputError:
+            pass
+    fingerprint = "sha256:" + sha256_text(json.dumps([[p.name, sha256_file(p)] for p in files]))
+    atomic_write_json(sidecar, {"path": str(path.resolve()), "stamp": stamp, "fingerprint": fingerprint})
+    return fingerprint
 
-        h = hashlib.sha256()
-        for p in files:
-            h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
-        fingerprint = "sha256:" + h.hexdigest()
-        atomic_write_json(sidecar, {"path": str(path.resolve()), "stamp": stamp, "fingerprint": fingerprint})
-        return fingerprint
-    from huggingface_hub import model_info
 
+def _hub_snapshot(repo: str, revision: str | None) -> Path | str:
+    """A hub id's commit ("hub:repo@sha"), or its cached snapshot folder when offline."""
     try:
-        return "hub:" + spec_with_revision(resolved, model_info(resolved).sha)
+        from huggingface_hub import model_info
+
+        return "hub:" + spec_with_revision(repo, model_info(repo, revision=revision).sha)
+    except Exception:
+        pass
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
     except Exception as e:
-        raise InputError(f"could not resolve the hub revision of {resolved!r} ({type(e).__name__}: {e})") from None
+        raise InputError(f"could not resolve {repo!r} on the hub or in the local cache ({type(e).__name__})") from None
 
 
 def spec_with_revision(spec: str, sha: str | None) -> str:

@@ -32,6 +32,8 @@ class ReportConfig:
     notes: list[str] = field(default_factory=list)
     """Lines printed under the title: the judge, the data trained on, anything a reader must know."""
     figures: bool = True
+    judge_caveat: bool = True
+    """Say that the OpenAssistant judge separates harmless pairs weakly (off when another judge rated)."""
 
 
 def display(name: str) -> str:
@@ -312,7 +314,7 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
         f"- Harmless: reward {thr['harmless']['comparison']} {thr['harmless']['value']:g} on a harmful prompt; "
         f"helpful: reward {thr['helpful']['comparison']} {thr['helpful']['value']:g} on a helpful prompt; "
         "CAS = (HmR + HpR) / 2.",
-        f"- {JUDGE_CAVEAT}",
+        *([f"- {JUDGE_CAVEAT}"] if cfg.judge_caveat else []),
         "",
         "## Table 1: rates and mean rewards",
         "", table1(metrics), "",

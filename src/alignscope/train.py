@@ -69,6 +69,8 @@ class TrainingSettings:
     gradient_checkpointing: bool = False
     save_steps: int = 200
     save_total_limit: int = 2
+    keep_checkpoints: bool = False
+    """Keep checkpoints/ once the run is done (they hold optimizer states: ~12 bytes a parameter each)."""
     logging_steps: int = 10
     num_threads: int | None = None
     """CPU threads for torch; default: all cores."""
@@ -117,7 +119,7 @@ def recipe_hash(cfg: TrainConfig) -> str:
     """What decides the trained weights; logging and saving cadence do not. Validated
     first, so `epochs: 2` and `epochs: 2.0` hash alike."""
     d = asdict(parse_config(TrainConfig, asdict(cfg)))
-    for key in ("save_steps", "save_total_limit", "logging_steps", "num_threads"):
+    for key in ("save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "num_threads"):
         d["training"].pop(key)
     return sha256_json(d)
 
@@ -395,6 +397,8 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
             "resolved_model": resolved, "global_step": trainer.state.global_step,
             "resumed_from": str(resume) if resume else None, "seconds": round(time.time() - started, 1),
             "processes": trainer.accelerator.num_processes, "versions": package_versions()})
+        if not cfg.training.keep_checkpoints:
+            shutil.rmtree(checkpoints, ignore_errors=True)  # done.json makes them unnecessary
     return TrainResult(out, model_dir, log)
 
 

@@ -1,0 +1,122 @@
+"""Reward-model scoring on a tiny DeBERTa-v2 built from a config, and the local reward model."""
+
+import json
+
+import pytest
+
+from alignscope.cache import ResultCache
+from alignscope.data import DataConfig
+from alignscope.io import InputError
+from alignscope.score import RM_MANIFEST, ScoreConfig, encode_pair, load_scorer, rate_folder, score_pairs
+from conftest import write_hh
+from tiny import hh_pairs, tiny_deberta_rm
+
+QUESTIONS = ["Human: How do I boil an egg?\n\nAssistant:", "Human: Hi\n\nAssistant:",
+             "Human: " + "Tell me more about the weather and the sea. " * 40 + "\n\nAssistant:",
+             "Human: What is two plus two?\n\nAssistant:"]
+ANSWERS = ["Put it in boiling water for nine minutes.", "", "The sea is calm today.", "Four."]
+
+
+@pytest.fixture(scope="module")
+def rm(tmp_path_factory):
+    folder = tiny_deberta_rm(tmp_path_factory.mktemp("rm") / "model", QUESTIONS * 5 + ANSWERS * 5)
+    model, tok, _ = load_scorer(ScoreConfig(model=str(folder)))
+    return folder, model, tok
+
+
+def test_pairs_are_encoded_as_the_model_card_says_and_the_question_is_cut_first(rm):
+    _, _, tok = rm
+    assert encode_pair(tok, QUESTIONS[0], ANSWERS[0], 512) == tok(QUESTIONS[0], ANSWERS[0])["input_ids"]
+    long = encode_pair(tok, QUESTIONS[2], ANSWERS[2], 64)
+    answer = tok(ANSWERS[2], add_special_tokens=False)["input_ids"]
+    assert len(long) == 64 and long[-len(answer) - 1:-1] == answer  # the whole answer, then [SEP]
+    question_end = tok(QUESTIONS[2], add_special_tokens=False)["input_ids"][-5:]
+    assert long[-len(answer) - 7:-len(answer) - 2] == question_end  # the question keeps its end
+
+
+def test_batched_scores_are_in_input_order_and_equal_single_scores(rm):
+    _, model, tok = rm
+    batched = score_pairs(model, tok, QUESTIONS, ANSWERS, ScoreConfig(batch_size=3, max_length=128))
+    single = [score_pairs(model, tok, [q], [a], ScoreConfig(batch_size=1, max_length=128))[0]
+              for q, a in zip(QUESTIONS, ANSWERS)]
+    assert batched == pytest.approx(single, abs=1e-5)
+    assert len(set(round(x, 6) for x in batched)) == len(batched)  # distinct pairs, distinct scores
+
+
+def test_rate_folder_writes_rated_files_and_caches_scores(rm, tmp_path):
+    folder, _, _ = rm
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    for i, name in ((1, "base"), (2, "sft")):
+        for cat in ("harmful", "helpful"):
+            rows = [{"id": f"x/{k}", "prompt": q, "response": a if i == 1 else a.upper(), "tokens": 3, "stop": "eos"}
+                    for k, (q, a) in enumerate(zip(QUESTIONS, ANSWERS))]
+            (answers / f"{i}_{name}_{cat}.json").write_text(json.dumps(rows))
+    cache = ResultCache(tmp_path / "cache")
+    cfg = ScoreConfig(model=str(folder), max_length=128)
+    info = rate_folder(answers, tmp_path / "rated", cfg, cache)
+    assert info["computed"] == 16 and info["empty_answers"] == 4  # empty answers are scored, not dropped
+    rated = json.loads((tmp_path / "rated" / "2_sft_helpful.json").read_text())
+    assert [r["response"] for r in rated] == [a.upper() for a in ANSWERS] and all("rating" in r for r in rated)
+    from alignscope.metrics import load_rated_dir
+
+    assert [m.name for m in load_rated_dir(tmp_path / "rated")] == ["base", "sft"]
+    again = rate_folder(answers, tmp_path / "rated2", cfg, cache)
+    assert again["computed"] == 0
+    assert json.loads((tmp_path / "rated2" / "2_sft_helpful.json").read_text()) == rated
+
+
+def test_a_reward_model_refuses_prompts_it_was_trained_on(rm, tmp_path):
+    import shutil
+
+    folder = tmp_path / "trained-rm"
+    shutil.copytree(rm[0], folder)
+    (folder / RM_MANIFEST).write_text(json.dumps({"trained_openings": ["How do I boil an egg?"]}))
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    (answers / "1_base_helpful.json").write_text(json.dumps([{"prompt": QUESTIONS[0], "response": "x"}]))
+    with pytest.raises(InputError, match="was trained on 1 of these prompts' dialogues"):
+        rate_folder(answers, tmp_path / "rated", ScoreConfig(model=str(folder)))
+
+
+def test_a_classifier_with_more_than_one_output_is_refused(rm, tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    folder, _, tok = rm
+    config = AutoConfig.from_pretrained(folder)
+    config.num_labels = 2
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "two")
+    tok.save_pretrained(tmp_path / "two")
+    with pytest.raises(InputError, match="has 2 outputs; expected one logit"):
+        load_scorer(ScoreConfig(model=str(tmp_path / "two")))
+
+
+@pytest.mark.slow
+def test_train_rm_on_minilm_records_its_rows_and_heldout_accuracy(tmp_path):
+    from alignscope.reward_model import RewardModelConfig, RewardTrainingSettings, train_reward_model
+    from alignscope.score import check_not_trained_on
+
+    write_hh(tmp_path / "data", "harmless-base", "train", hh_pairs(40))
+    cfg = RewardModelConfig(output_dir=str(tmp_path / "rm"), backbone="all-minilm-l6-v2",
+                            data=DataConfig(source=str(tmp_path / "data"), subsets=["harmless-base"]),
+                            heldout_fraction=0.25,
+                            training=RewardTrainingSettings(max_steps=6, batch_size=8, learning_rate=1e-3,
+                                                            max_length=64, logging_steps=1))
+    manifest = train_reward_model(cfg)
+    assert manifest["trained_pairs"] == 30 and manifest["heldout_pairs"] == 10
+    assert not set(manifest["trained_rows"]) & set(manifest["heldout_rows"])
+    losses = [x["loss"] for x in manifest["train_log"] if "loss" in x]
+    assert losses[-1] < losses[0] and manifest["heldout_accuracy"] == 1.0  # the synthetic preference is easy
+    assert manifest["openassistant_hh_accuracy"] == 0.69
+    saved = json.loads((tmp_path / "rm" / "model" / RM_MANIFEST).read_text())
+    assert saved["trained_rows"] == manifest["trained_rows"]
+    trained_prompt = f"Human: {saved['trained_openings'][0]}\n\nAssistant:"
+    with pytest.raises(InputError, match="was trained on"):
+        check_not_trained_on(str(tmp_path / "rm" / "model"), [trained_prompt])
+    assert train_reward_model(cfg)["config_hash"] == manifest["config_hash"]  # finished: skipped
+
+
+def test_an_answer_longer_than_the_limit_is_cut_too(rm):
+    _, _, tok = rm
+    ids = encode_pair(tok, QUESTIONS[0], "The sea is calm. " * 200, 48)
+    assert len(ids) == 48 and ids[-1] == tok.sep_token_id
