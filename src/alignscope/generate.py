@@ -85,17 +85,25 @@ def _finish(tokenizer, prompt: str, ids: list[int], eos: set[int], stops: list[s
 
 
 def _zeros(shape: tuple, like):
-    """Zeros that cost nothing until touched, on a CPU: calloc hands out fresh pages the
-    kernel maps lazily, where torch.zeros writes every byte. Most of a decoding group's
-    cache is left padding that is only ever read (as masked zeros); on a VM, first
-    writes to fresh memory ran at ~0.5 GB/s here, which made zero-filling it cost
-    seconds."""
-    import numpy as np
+    """Zeros that cost nothing until written, on a CPU.
+
+    Most of a decoding group's cache is left padding that is only ever read (as masked
+    zeros), and torch.zeros writes every byte of it. On the VM measured here first
+    writes to fresh memory ran at about 0.5 GB/s, so zero-filling a 3 GB cache cost
+    seconds; an anonymous mapping is zero-filled by the kernel as pages are first
+    touched. (Turning transparent huge pages off for it made fewer pages committed but
+    decoding slower; measured both ways, this was the faster.)"""
+    import mmap
+
     import torch
 
-    if like.device.type == "cpu" and like.dtype in (torch.float32, torch.float16, torch.float64):
-        return torch.from_numpy(np.zeros(shape, dtype=str(like.dtype).removeprefix("torch.")))
-    return like.new_zeros(shape)
+    if like.device.type != "cpu":
+        return like.new_zeros(shape)
+    count = 1
+    for n in shape:
+        count *= n
+    memory = mmap.mmap(-1, max(count * like.element_size(), 1))  # anonymous: zero-filled, mapped lazily
+    return torch.frombuffer(memory, dtype=like.dtype, count=count).view(shape)
 
 
 def _decode_cache(model, prefilled: list, rows: int, width: int, capacity: int):
@@ -142,8 +150,15 @@ def _decode_cache(model, prefilled: list, rows: int, width: int, capacity: int):
         def get_seq_length(self) -> int:
             return self.length
 
-        def batch_select_indices(self, indices):
-            self.kbuf, self.vbuf = self.kbuf[indices], self.vbuf[indices]
+        def keep_rows(self, rows_kept: list[int], starts: list[int]) -> None:
+            """Drop finished rows. Only each kept row's own tokens (from `starts`) are copied:
+            its left padding stays untouched zeros, so dropping rows costs what they hold."""
+            kbuf = _zeros((len(rows_kept),) + tuple(self.kbuf.shape[1:]), self.kbuf)
+            vbuf = _zeros((len(rows_kept),) + tuple(self.vbuf.shape[1:]), self.vbuf)
+            for new, (old, start) in enumerate(zip(rows_kept, starts)):
+                kbuf[new, :, start:self.length] = self.kbuf[old, :, start:self.length]
+                vbuf[new, :, start:self.length] = self.vbuf[old, :, start:self.length]
+            self.kbuf, self.vbuf = kbuf, vbuf
             self._visible()
 
     class InPlaceSlidingLayer(InPlaceLayer, DynamicSlidingWindowLayer):
@@ -251,31 +266,35 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig =
             positions = (lengths - 1)[:, None]
             logits = torch.cat(first_logits)
             generated: list[list[int]] = [[] for _ in rows]
-            active = list(range(len(rows)))  # slots of `rows` still decoding
+            batch = list(range(len(rows)))  # the slot (index into `rows`) of each batch row
+            decoding = [True] * len(rows)
             while True:
                 next_tokens = logits.argmax(-1).tolist()
-                keep = []
-                for slot, token in zip(active, next_tokens):
+                for slot, token in zip(batch, next_tokens):
+                    if not decoding[slot]:
+                        continue
                     generated[slot].append(token)
                     done = _finish(tokenizer, prompts[rows[slot]], generated[slot], eos, stops, cfg.max_new_tokens)
-                    if done is None:
-                        keep.append(slot)
-                    else:
+                    if done is not None:
+                        decoding[slot] = False
                         answers[rows[slot]] = done
                         if on_answer:  # e.g. into the cache at once: a killed run keeps what it finished
                             on_answer(rows[slot], done)
                         if progress:
                             progress(1)
-                if not keep:
+                live = [b for b, slot in enumerate(batch) if decoding[slot]]
+                if not live:
                     break
-                if len(keep) < len(active):  # finished answers leave the batch
-                    where = {s: j for j, s in enumerate(active)}
-                    index = torch.tensor([where[s] for s in keep], device=device)
-                    cache.batch_select_indices(index)
+                # Finished answers leave the batch, but in bulk: dropping rows copies the whole
+                # cache, so a few finished rows ride along (their tokens ignored) until half are done.
+                if len(live) <= len(batch) // 2:
+                    index = torch.tensor(live, device=device)
+                    starts = [width - len(encoded[rows[batch[b]]]) for b in live]
+                    for layer in cache.layers:
+                        layer.keep_rows(live, starts)
                     mask, positions = mask[index], positions[index]
-                    next_tokens = [next_tokens[where[s]] for s in keep]
-                active = keep
-                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+                    batch, next_tokens = [batch[b] for b in live], [next_tokens[b] for b in live]
+                mask = torch.cat([mask, mask.new_ones((len(batch), 1))], dim=1)
                 positions = positions + 1
                 out = model(input_ids=torch.tensor(next_tokens, device=device)[:, None], attention_mask=mask,
                             position_ids=positions, past_key_values=cache, use_cache=True)
