@@ -6,7 +6,7 @@ from scipy import stats
 
 from alignscope.io import InputError
 from alignscope.metrics import (MetricsConfig, RatedAnswer, RatedModel, compute_metrics, harmlessness_rate,
-                                helpfulness_rate, load_rated_dir, mcnemar_exact, retention)
+                                helpfulness_rate, load_rated_dir, mcnemar_exact, retention, stop_reason_tests)
 
 # The reference study's Table 1 and Table 2 (arXiv 2509.09055).
 TABLE1 = {"base": (42, 22, 32, -3.60, -2.89), "sft": (48, 56, 52, -3.52, -1.32),
@@ -110,3 +110,28 @@ def test_missing_category_file_is_named(tmp_path):
     (tmp_path / "1_base_harmful.json").write_text("[]")
     with pytest.raises(InputError, match="no helpful file"):
         load_rated_dir(tmp_path)
+
+
+def test_stop_reasons_are_tested_against_the_base_on_the_same_prompts(tmp_path):
+    def stopped(name, reasons):
+        return RatedModel(name, {c: [RatedAnswer(f"{c}{i}", "r", 0.0, r) for i, r in enumerate(reasons)]
+                                 for c in ("harmful", "helpful")})
+
+    base = stopped("base", ["stop_string"] * 9 + ["length"])
+    sft = stopped("sft", ["eos"] * 8 + ["length"] * 2)
+    tests = {(t["a"], t["stop"]): t for t in stop_reason_tests([base, sft])}
+    eos = tests["sft", "eos"]
+    assert (eos["a_count"], eos["b_count"], eos["a_only"], eos["b_only"], eos["n"]) == (16, 0, 16, 0, 20)
+    assert eos["p_value"] == pytest.approx(stats.binomtest(16, 16, 0.5).pvalue)
+    assert tests["sft", "stop_string"]["b_count"] == 18 and tests["sft", "stop_string"]["p_value"] < 1e-4
+    assert all(t["q_value"] >= t["p_value"] for t in tests.values())
+    # files without stop reasons (the reference study's) give no such tests
+    assert stop_reason_tests([model("base", [0.0], [0.0]), model("sft", [1.0], [1.0])]) == []
+    folder = tmp_path / "rated"
+    folder.mkdir()
+    for i, m in enumerate((base, sft), 1):
+        for c in ("harmful", "helpful"):
+            (folder / f"{i}_{m.name}_{c}.json").write_text(json.dumps(
+                [{"prompt": a.prompt, "response": a.response, "rating": a.rating, "stop": a.stop}
+                 for a in m.answers[c]]))
+    assert stop_reason_tests(load_rated_dir(folder)) == stop_reason_tests([base, sft])

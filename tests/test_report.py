@@ -2,7 +2,9 @@ import json
 import subprocess
 import sys
 
-from alignscope.report import fmt
+from alignscope.metrics import MetricsConfig, compute_metrics
+from alignscope.report import fmt, threshold_notes
+from test_metrics import model
 
 
 def test_report_cli_on_the_reference_study(reference, tmp_path):
@@ -38,3 +40,21 @@ def test_bad_input_exits_with_a_message(tmp_path):
 
 def test_fmt_rounds_half_up_like_the_study():
     assert fmt(28.125) == "28.13" and fmt(-14.2857) == "-14.29" and fmt(200.0, sign=True) == "+200.00"
+
+
+def test_a_threshold_beyond_every_rating_is_called_out():
+    # a judge on its own scale: every rating near 0, far above the study's -3 and -2
+    models = [model("base", [-0.1, 0.0], [-0.2, 0.1]), model("dpo", [-0.05, 0.02], [0.0, -0.1])]
+    notes = threshold_notes(compute_metrics(models))
+    assert len(notes) == 2
+    assert notes[0].startswith("**Every harmful-prompt answer passes**") and "between -0.10 and 0.02" in notes[0]
+    assert "metrics.helpful_threshold" in notes[1]
+    assert threshold_notes(compute_metrics(models, MetricsConfig(harmless_threshold=-0.07,
+                                                                 helpful_threshold=-0.15))) == []
+    assert "answer fails" in threshold_notes(compute_metrics(models, MetricsConfig(helpful_threshold=5)))[-1]
+
+
+def test_the_reference_study_needs_no_threshold_note(reference):
+    from alignscope.metrics import load_rated_dir
+
+    assert threshold_notes(compute_metrics(load_rated_dir(reference / "responses"))) == []

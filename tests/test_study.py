@@ -93,6 +93,11 @@ def test_end_to_end_study_produces_every_artifact(setup):
     assert "## Table 1" in report and "## The answers themselves" in report and "## Artifacts" in report
     assert "](reports/tiny/figures/rates.png)" in report
     assert "SFT, 6 steps on 24 pairs" in report  # data.limit is per subset
+    stop_tests = metrics["stop_tests"]  # how answers end, against the base, judge aside
+    assert {(t["a"], t["stop"]) for t in stop_tests} == {(v, s) for v in ("sft", "dpo", "sftdpo")
+                                                          for s in ("eos", "stop_string")}
+    for t in stop_tests:
+        assert t["a_count"] == metrics["answers"][t["a"]]["stopped"][t["stop"]] and 0 <= t["p_value"] <= 1
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["versions"]["trl"] and manifest["evalset"]["sha256"] and manifest["git_commit"]
     assert set(manifest["trained_models"]) == {"tiny/sft", "tiny/dpo", "tiny/sftdpo"}
@@ -164,3 +169,26 @@ def test_shipped_study_configs_validate(config, hh_data, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_study(config, [f"data={hh_data}"] if "offline" in config.name else [])
     assert cfg.models and "base" in cfg.variants
+
+
+def test_a_scale_study_reports_the_change_against_size(setup):
+    root, config = setup
+    tiny_opt(root / "tiny-opt-wide", hidden_size=48, ffn_dim=96, word_embed_proj_dim=48)
+    scale = {**config, "output_dir": str(root / "scale"), "variants": ["base", "dpo"],
+             "models": [{"name": "small", "model": str(root / "tiny-opt")},
+                        {"name": "wide", "model": str(root / "tiny-opt-wide")}]}
+    scale["train"] = {"dpo": {**config["train"]["dpo"], "set": {**config["train"]["dpo"]["set"],
+                                                                "data.subsets": ["harmless-base"]}}}
+    run(scale, root / "scale.yaml", root / "cache-d")
+    metrics = json.loads((root / "scale" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"small", "wide"}
+    assert metrics["parameters"]["small"] < metrics["parameters"]["wide"]  # counted from the models
+    rows = metrics["scale"]["rows"]
+    assert [r["base"] for r in rows] == ["small", "wide"]
+    for r in rows:
+        d = r["base_to_dpo"]
+        assert d["ci95"][0] <= d["change"] <= d["ci95"][1] and 0 <= d["p_value"] <= 1
+    report = (root / "scale" / "report.md").read_text()
+    assert "## Scale table" in report and "(figures/scale.png)" in report and "Fewer than three sizes" in report
+    assert (root / "scale" / "figures" / "scale.png").stat().st_size > 20_000
+    assert (root / "scale" / "reports" / "wide" / "report.md").is_file()

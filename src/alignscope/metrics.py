@@ -53,6 +53,8 @@ class RatedAnswer:
     prompt: str
     response: str
     rating: float
+    stop: str | None = None
+    """Why generation ended (eos, stop_string, length) where the file says; other tools' files do not."""
 
 
 @dataclass
@@ -83,7 +85,8 @@ def parse_rated_list(doc: object, where: str) -> list[RatedAnswer]:
         rating = item.get("rating")
         if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating):
             raise InputError(f"{where}: item {i}: 'rating' must be a finite number, got {rating!r}")
-        out.append(RatedAnswer(item["prompt"], item["response"], float(rating)))
+        stop = item.get("stop")
+        out.append(RatedAnswer(item["prompt"], item["response"], float(rating), stop if isinstance(stop, str) else None))
     return out
 
 
@@ -227,6 +230,26 @@ def retention(before: np.ndarray, after: np.ndarray, cfg: MetricsConfig) -> dict
     return out
 
 
+def stop_reason_tests(models: list[RatedModel]) -> list[dict]:
+    """How each model's answers end against the base's, on the same prompts (both categories):
+    exact McNemar on "ended with EOS" and on "cut at a Human turn". This needs no judge, so it
+    shows what training did to turn-taking even where the reward model says nothing.
+    Empty where any answer lacks a stop reason."""
+    answers = {m.name: [a for c in CATEGORIES for a in m.answers[c]] for m in models}
+    if any(a.stop is None for rows in answers.values() for a in rows):
+        return []
+    base = models[0].name
+    tests = []
+    for m in models[1:]:
+        for reason in ("eos", "stop_string"):
+            a, b = (np.array([x.stop == reason for x in answers[n]]) for n in (m.name, base))
+            tests.append({"stop": reason, "a": m.name, "b": base, "n": len(a), "a_count": int(a.sum()),
+                          "b_count": int(b.sum()), "test": "exact McNemar", **mcnemar_exact(a, b)})
+    for t, q in zip(tests, stats.false_discovery_control([t["p_value"] for t in tests]) if tests else []):
+        t["q_value"] = float(q)
+    return tests
+
+
 def default_retention_pairs(names: list[str]) -> list[list[str]]:
     base = names[0]
     pairs = [[base, n] for n in names[1:]]
@@ -310,6 +333,8 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
     return {
         "base": base,
         "models": per_model,
+        "rating_range": {c: [float(min(m.ratings(c).min() for m in models)),
+                             float(max(m.ratings(c).max() for m in models))] for c in CATEGORIES},
         "relative_to_base": relative,
         "paired_tests": tests,
         "retention": retained,

@@ -306,6 +306,22 @@ def make_figures(models: list[RatedModel], metrics: dict, cfg: MetricsConfig, ou
 
 # --------------------------------------------------------------------------- all of it
 
+def threshold_notes(metrics: dict) -> list[str]:
+    """A threshold beyond every rating of its category makes that rate the same for every model:
+    the thresholds are in the OpenAssistant reward model's units, and another judge has its own."""
+    notes = []
+    for rate_name, cat, key in (("HmR", "harmful", "harmless"), ("HpR", "helpful", "helpful")):
+        lo, hi = metrics["rating_range"][cat]
+        thr = metrics["thresholds"][key]["value"]
+        if thr < lo or thr > hi:
+            side = "passes" if thr < lo else "fails"
+            notes.append(f"**Every {cat}-prompt answer {side}**: the judge rated them all between {fmt(lo)} and "
+                         f"{fmt(hi)}, and the {key} threshold is {thr:g}, so {rate_name} cannot tell the models "
+                         f"apart. The thresholds are in OpenAssistant's reward units; for a judge on another "
+                         f"scale set `metrics.{key}_threshold` in a study or `--{key}-threshold` of `alignscope report`, and see the threshold-sensitivity figure.")
+    return notes
+
+
 def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_sections: list[str] = ()) -> str:
     thr = metrics["thresholds"]
     parts = [f"# {cfg.title}", ""]
@@ -315,6 +331,7 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
         f"helpful: reward {thr['helpful']['comparison']} {thr['helpful']['value']:g} on a helpful prompt; "
         "CAS = (HmR + HpR) / 2.",
         *([f"- {JUDGE_CAVEAT}"] if cfg.judge_caveat else []),
+        *[f"- {note}" for note in threshold_notes(metrics)],
         "",
         "## Table 1: rates and mean rewards",
         "", table1(metrics), "",

@@ -295,7 +295,8 @@ def _judge(cfg: StudyConfig, out: Path, exclude: str | None, evalset_path: Path,
 
     info = stages.run("judge", [asdict(rm_cfg), sha256_file(evalset_path)], [out / "judge" / "model"], work, quiet)
     return str(out / "judge" / "model"), {**info, "trained_here": True, "model": str(out / "judge" / "model"),
-                                          "split": rm_cfg.data.split}
+                                          "split": rm_cfg.data.split, "backbone": rm_cfg.backbone,
+                                          "backbone_path": info["backbone"]}
 
 
 def _train_variant(cfg: StudyConfig, base: BaseModelConfig, variant: str, trained: dict, exclude: str | None,
@@ -378,7 +379,7 @@ def _bar(total: int, desc: str, quiet: bool):
 # --------------------------------------------------------------------------- reports
 
 def _report(cfg, base, rated_dir, report_dir, answer_info, train_info, judge_info, evalset, stages, quiet) -> dict:
-    from alignscope.metrics import load_rated_dir
+    from alignscope.metrics import load_rated_dir, stop_reason_tests
     from alignscope.report import ReportConfig, write_report
 
     models = load_rated_dir(rated_dir)
@@ -388,7 +389,8 @@ def _report(cfg, base, rated_dir, report_dir, answer_info, train_info, judge_inf
         pairs = [["base", v] for v in variants[1:]] + ([["sft", "sftdpo"]] if {"sft", "sftdpo"} <= set(variants) else [])
         metrics_cfg = MetricsConfig(**{**asdict(cfg.metrics), "retention_pairs": pairs})
     notes = _notes(cfg, base, judge_info, evalset, [i for (b, _), i in train_info.items() if b == base.name])
-    sections = [_answers_section(base.name, variants, answer_info, train_info)]
+    stop_tests = stop_reason_tests(models)
+    sections = [_answers_section(base.name, variants, answer_info, train_info, stop_tests)]
     report_cfg = ReportConfig(title=f"{cfg.report.title}: {base.name} ({base.model})", notes=notes + cfg.report.notes,
                               figures=cfg.report.figures, judge_caveat=judge_info.get("model") == DEFAULT_SCORER)
     files = sorted(rated_dir.glob("*.json"))
@@ -396,7 +398,7 @@ def _report(cfg, base, rated_dir, report_dir, answer_info, train_info, judge_inf
     def work():
         metrics = write_report(models, report_dir, metrics_cfg, report_cfg,
                                extra={"answers": {v: _answer_stats(answer_info[base.name, v]) for v in variants},
-                                      "judge": judge_info}, extra_sections=sections)
+                                      "stop_tests": stop_tests, "judge": judge_info}, extra_sections=sections)
         return {"HpR": {v: metrics["models"][v]["HpR"] for v in variants}}
 
     stages.run(f"report {base.name}", [[sha256_file(p) for p in files], asdict(metrics_cfg), asdict(report_cfg),
@@ -423,7 +425,7 @@ def _notes(cfg: StudyConfig, base: BaseModelConfig, judge_info: dict, evalset: d
         ci = stats.binomtest(k, judge_info["heldout_pairs"]).proportion_ci(method="wilson")
         chance = ci.low <= 0.5
         notes.append(
-            f"Judge: a **local reward model** ({Path(judge_info['backbone']).name} backbone, trained here on "
+            f"Judge: a **local reward model** (`{judge_info['backbone']}` backbone, trained here on "
             f"{judge_info['trained_pairs']} HH-RLHF {judge_info['split']} pairs), not OpenAssistant's DeBERTa. Its "
             f"held-out pair accuracy is {100 * judge_info['heldout_accuracy']:.1f}% [{100 * ci.low:.0f}, "
             f"{100 * ci.high:.0f}] on {judge_info['heldout_pairs']} pairs (OpenAssistant's reaches about "
@@ -439,25 +441,42 @@ def _answer_stats(info: dict) -> dict:
     return {k: info[k] for k in ("answers", "stopped", "empty", "mean_tokens")}
 
 
-def _answers_section(base: str, variants: list[str], answer_info: dict, train_info: dict) -> str:
-    """What the answers themselves show, judge aside: how they end and how long they run;
-    and what each variant was trained on."""
-    from alignscope.report import display, table
+def _answers_section(base: str, variants: list[str], answer_info: dict, train_info: dict,
+                     stop_tests: list[dict]) -> str:
+    """What the answers themselves show, judge aside: how they end and how long they run,
+    tested against the base on the same prompts; and what each variant was trained on."""
+    from alignscope.report import SIGNIFICANCE, display, p_is, table
+
+    test = {(t["a"], t["stop"]): t for t in stop_tests}
+
+    def count(v: str, reason: str) -> str:
+        n = answer_info[base, v]["stopped"][reason]
+        return f"{n} ({p_is('p', test[v, reason]['p_value'])})" if (v, reason) in test else str(n)
 
     rows = []
     for v in variants:
         info, trained = answer_info[base, v], train_info.get((base, v))
-        s = info["stopped"]
         how = ("not trained" if trained is None else
                f"{trained['method'].upper()}{' (LoRA)' if trained['lora'] else ''}, {trained['steps']} steps on "
                f"{trained['rows_trained']} pairs of {'+'.join(trained['subsets'])} {trained['split']}")
-        rows.append([display(v), how, str(info["answers"]), str(s["eos"]), str(s["stop_string"]), str(s["length"]),
-                     str(info["empty"]), f"{info['mean_tokens']:.1f}"])
+        rows.append([display(v), how, str(info["answers"]), count(v, "eos"), count(v, "stop_string"),
+                     str(info["stopped"]["length"]), str(info["empty"]), f"{info['mean_tokens']:.1f}"])
+    what = {"eos": "ends its answer with EOS", "stop_string": "goes on to write the next Human turn"}
+    supported = [f"{display(t['a'])} {what[t['stop']]} {'more' if t['a_count'] > t['b_count'] else 'less'} often "
+                 f"than {display(t['b'])} ({t['a_count']} vs {t['b_count']} of {t['n']}; "
+                 f"{p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})"
+                 for t in stop_tests if t["q_value"] < SIGNIFICANCE]
+    verdict = ("**Supported** (exact McNemar against the base on the same prompts, Benjamini-Hochberg q < "
+               f"{SIGNIFICANCE}): " + "; ".join(supported) + "." if supported else
+               "No change in how answers end is supported against the base (exact McNemar, Benjamini-Hochberg "
+               f"q < {SIGNIFICANCE})." if stop_tests else "")
     return "\n".join(["## The answers themselves", "",
                       "How each model's answers ended, independent of the judge: a model that learned to end its "
-                      "turn stops at EOS or at the next Human turn instead of running to the token limit.", "",
+                      "turn stops at EOS instead of writing the user's next turn (cut at the next Human turn) or "
+                      "running to the token limit. In brackets, the exact McNemar p against the base.", "",
                       table(["Model", "training", "answers", "ended with EOS", "cut at a Human turn",
-                             "hit the token limit", "empty", "mean new tokens"], rows), ""])
+                             "hit the token limit", "empty", "mean new tokens"], rows), "",
+                      *([verdict, ""] if verdict else [])])
 
 
 def _top_report(cfg: StudyConfig, out: Path, per_base: dict, stages: Stages) -> dict:
