@@ -6,7 +6,8 @@ from scipy import stats
 
 from alignscope.io import InputError
 from alignscope.metrics import (MetricsConfig, RatedAnswer, RatedModel, compute_metrics, harmlessness_rate,
-                                helpfulness_rate, load_rated_dir, mcnemar_exact, retention, stop_reason_tests)
+                                helpfulness_rate, load_rated_dir, mcnemar_exact, retention, stop_reason_tests,
+                                sweep_values)
 
 # The reference study's Table 1 and Table 2 (arXiv 2509.09055).
 TABLE1 = {"base": (42, 22, 32, -3.60, -2.89), "sft": (48, 56, 52, -3.52, -1.32),
@@ -135,3 +136,16 @@ def test_stop_reasons_are_tested_against_the_base_on_the_same_prompts(tmp_path):
                 [{"prompt": a.prompt, "response": a.response, "rating": a.rating, "stop": a.stop}
                  for a in m.answers[c]]))
     assert stop_reason_tests(load_rated_dir(folder)) == stop_reason_tests([base, sft])
+
+
+def test_the_threshold_sweep_fits_the_judges_scale(reference):
+    ratings = np.array([a.rating for m in load_rated_dir(reference / "responses") for c in ("harmful", "helpful")
+                        for a in m.answers[c]])
+    values = sweep_values(MetricsConfig(), ratings)  # OpenAssistant's scale: integers apart, quarter steps
+    assert (values[0], values[-1], values[1] - values[0]) == (-9.0, 4.0, 0.25)
+    narrow = np.array([-0.151, -0.05, 0.032])  # a local judge's scale
+    values = sweep_values(MetricsConfig(), narrow)
+    inside = [v for v in values if narrow.min() <= v <= narrow.max()]
+    assert len(inside) >= 30 and values[0] <= narrow.min() and values[-1] >= narrow.max()
+    assert sweep_values(MetricsConfig(sweep_step=0.5, sweep_min=-1, sweep_max=1), narrow) == [-1, -0.5, 0, 0.5, 1]
+    assert sweep_values(MetricsConfig(), np.zeros(3)) == [0.0]

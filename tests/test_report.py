@@ -42,10 +42,15 @@ def test_fmt_rounds_half_up_like_the_study():
     assert fmt(28.125) == "28.13" and fmt(-14.2857) == "-14.29" and fmt(200.0, sign=True) == "+200.00"
 
 
-def test_a_threshold_beyond_every_rating_is_called_out():
+def test_a_threshold_beyond_every_rating_is_called_out(tmp_path):
+    from alignscope.report import figure_thresholds
+
     # a judge on its own scale: every rating near 0, far above the study's -3 and -2
     models = [model("base", [-0.1, 0.0], [-0.2, 0.1]), model("dpo", [-0.05, 0.02], [0.0, -0.1])]
-    notes = threshold_notes(compute_metrics(models))
+    metrics = compute_metrics(models)
+    figure_thresholds(metrics, tmp_path / "t.png")  # the sweep stays on the judge's scale
+    assert metrics["thresholds"]["sweep"]["values"][0] > -1 and (tmp_path / "t.png").stat().st_size > 20_000
+    notes = threshold_notes(metrics)
     assert len(notes) == 2
     assert notes[0].startswith("**Every harmful-prompt answer passes**") and "between -0.10 and 0.02" in notes[0]
     assert "metrics.helpful_threshold" in notes[1]

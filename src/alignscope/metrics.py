@@ -41,9 +41,11 @@ class MetricsConfig:
     retention_pairs: list[list[str]] | None = None
     """[[before, after], ...]; by default base -> every other model, and sft -> sftdpo where both exist."""
     sweep_min: float | None = None
-    """Threshold sweep range; by default the whole range of the ratings, widened to integers."""
+    """Threshold sweep range; by default the whole range of the ratings, widened to 4 steps."""
     sweep_max: float | None = None
-    sweep_step: float = 0.25
+    sweep_step: float | None = None
+    """By default a round step near 1/40 of the ratings' range (0.25 on the reference study's),
+    so that a judge on a narrow scale gets a readable sweep too."""
     bootstrap_resamples: int = 10000
     seed: int = 0
 
@@ -259,11 +261,21 @@ def default_retention_pairs(names: list[str]) -> list[list[str]]:
     return pairs
 
 
+def round_step(x: float) -> float:
+    """The largest of 1, 2, 2.5 or 5 times a power of ten that is at most x."""
+    if not x > 0:
+        return 0.25
+    power = 10.0 ** math.floor(math.log10(x))
+    return next(m * power for m in (5, 2.5, 2, 1) if m * power <= x * (1 + 1e-9))
+
+
 def sweep_values(cfg: MetricsConfig, ratings: np.ndarray) -> list[float]:
-    lo = cfg.sweep_min if cfg.sweep_min is not None else math.floor(float(np.min(ratings)))
-    hi = cfg.sweep_max if cfg.sweep_max is not None else math.ceil(float(np.max(ratings)))
-    n = int(round((hi - lo) / cfg.sweep_step)) + 1
-    return [round(lo + i * cfg.sweep_step, 6) for i in range(max(n, 1))]
+    low, high = float(np.min(ratings)), float(np.max(ratings))
+    step = cfg.sweep_step or round_step((high - low) / 40)
+    lo = cfg.sweep_min if cfg.sweep_min is not None else math.floor(low / (4 * step)) * 4 * step
+    hi = cfg.sweep_max if cfg.sweep_max is not None else math.ceil(high / (4 * step)) * 4 * step
+    n = int(round((hi - lo) / step)) + 1
+    return [round(lo + i * step, 9) for i in range(max(n, 1))]
 
 
 # --------------------------------------------------------------------------- all of it

@@ -268,7 +268,13 @@ def figure_thresholds(metrics: dict, path: Path) -> None:
         for name, color in zip(names, _colors(len(names))):
             ax.plot(sweep["values"], sweep[key][name], label=display(name), color=color)
         thr = metrics["thresholds"][thr_key]
-        ax.axvline(thr["value"], color="crimson", ls="--", lw=1, label=f"chosen ({thr['comparison']} {thr['value']:g})")
+        label = f"chosen ({thr['comparison']} {thr['value']:g})"
+        if sweep["values"][0] <= thr["value"] <= sweep["values"][-1]:
+            ax.axvline(thr["value"], color="crimson", ls="--", lw=1, label=label)
+        else:  # a judge on another scale: drawing the line would squash the curves against one edge
+            ax.text(0.02 if thr["value"] < sweep["values"][0] else 0.98, 0.5, f"{label}\nlies off this axis",
+                    transform=ax.transAxes, color="crimson", fontsize=8,
+                    ha="left" if thr["value"] < sweep["values"][0] else "right")
         ax.set_xlabel("reward threshold")
         ax.set_title(f"{key} as its threshold moves")
         ax.grid(alpha=0.3)
@@ -318,7 +324,8 @@ def threshold_notes(metrics: dict) -> list[str]:
             notes.append(f"**Every {cat}-prompt answer {side}**: the judge rated them all between {fmt(lo)} and "
                          f"{fmt(hi)}, and the {key} threshold is {thr:g}, so {rate_name} cannot tell the models "
                          f"apart. The thresholds are in OpenAssistant's reward units; for a judge on another "
-                         f"scale set `metrics.{key}_threshold` in a study or `--{key}-threshold` of `alignscope report`, and see the threshold-sensitivity figure.")
+                         f"scale set `metrics.{key}_threshold` in a study or `--{key}-threshold` of "
+                         f"`alignscope report`, and see the threshold-sensitivity figure.")
     return notes
 
 
