@@ -93,6 +93,7 @@ def test_end_to_end_study_produces_every_artifact(setup):
     assert "## Table 1" in report and "## The answers themselves" in report and "## Artifacts" in report
     assert "](reports/tiny/figures/rates.png)" in report
     assert "SFT, 6 steps on 24 pairs" in report  # data.limit is per subset
+    assert "DPO (LoRA) from SFT, 6 steps" in report
     stop_tests = metrics["stop_tests"]  # how answers end, against the base, judge aside
     assert {(t["a"], t["stop"]) for t in stop_tests} == {(v, s) for v in ("sft", "dpo", "sftdpo")
                                                           for s in ("eos", "stop_string")}

@@ -457,7 +457,8 @@ def _answers_section(base: str, variants: list[str], answer_info: dict, train_in
     for v in variants:
         info, trained = answer_info[base, v], train_info.get((base, v))
         how = ("not trained" if trained is None else
-               f"{trained['method'].upper()}{' (LoRA)' if trained['lora'] else ''}, {trained['steps']} steps on "
+               f"{trained['method'].upper()}{' (LoRA)' if trained['lora'] else ''}"
+               f"{' from SFT' if v == 'sftdpo' else ''}, {trained['steps']} steps on "
                f"{trained['rows_trained']} pairs of {'+'.join(trained['subsets'])} {trained['split']}")
         rows.append([display(v), how, str(info["answers"]), count(v, "eos"), count(v, "stop_string"),
                      str(info["stopped"]["length"]), str(info["empty"]), f"{info['mean_tokens']:.1f}"])
