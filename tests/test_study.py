@@ -3,6 +3,7 @@ kill-and-resume run that must end with the same metrics; config validation."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,7 +101,8 @@ def test_end_to_end_study_produces_every_artifact(setup):
     for t in stop_tests:
         assert t["a_count"] == metrics["answers"][t["a"]]["stopped"][t["stop"]] and 0 <= t["p_value"] <= 1
     manifest = json.loads((out_dir / "manifest.json").read_text())
-    assert manifest["versions"]["trl"] and manifest["evalset"]["sha256"] and manifest["git_commit"]
+    assert manifest["versions"]["trl"] and manifest["evalset"]["sha256"]
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", manifest["git_commit"])
     assert set(manifest["trained_models"]) == {"tiny/sft", "tiny/dpo", "tiny/sftdpo"}
     sftdpo = yaml.safe_load((out_dir / "models/tiny/sftdpo/recipe.yaml").read_text())
     assert sftdpo["model"] == str(out_dir / "models/tiny/sft/model")  # DPO started from SFT

@@ -569,10 +569,14 @@ def _recipe_seed(path: Path):
 
 
 def _git_commit() -> str | None:
+    """The commit of alignscope's checkout, with "-dirty" when tracked files differ from it:
+    a commit alone would claim code that did not run."""
     try:
         root = Path(__file__).resolve().parents[2]
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD"], capture_output=True).returncode
+        return commit + ("-dirty" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return None
 
