@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 from alignscope.metrics import MetricsConfig, compute_metrics
-from alignscope.report import fmt, threshold_notes
+from alignscope.report import fmt, reward_places, table1, threshold_notes
 from test_metrics import model
 
 
@@ -24,6 +24,8 @@ def test_report_cli_on_the_reference_study(reference, tmp_path):
     assert "| SFT+DPO | +4.76 | +200.00 | +71.88 |" in md
     assert "SFT answers more of the helpful prompts helpfully than Base" in md
     assert "Base vs SFT on HmR (42% vs 48%" in md  # not supported by 50 prompts
+    assert "On mean reward** (paired t" in md and "SFT over Base on helpful prompts (+1.57 [1.12, 2.02]" in md
+    assert "| helpful | Base - SFT | -1.57 [-2.02, -1.12] |" in md  # the study's 2 decimals on its judge's scale
     retained = {(r["before"], r["after"]) for r in metrics["retention"]}
     assert {("base", "dpo"), ("sft", "sftdpo"), ("base", "sftdpo")} <= retained
     for fig in ("rates.png", "reward_boxes.png", "per_prompt.png", "thresholds.png"):
@@ -40,6 +42,7 @@ def test_bad_input_exits_with_a_message(tmp_path):
 
 def test_fmt_rounds_half_up_like_the_study():
     assert fmt(28.125) == "28.13" and fmt(-14.2857) == "-14.29" and fmt(200.0, sign=True) == "+200.00"
+    assert fmt(-0.001) == "0.00" and fmt(-0.00001, 4) == "0.0000" and fmt(-0.00005, 4) == "-0.0001"
 
 
 def test_a_threshold_beyond_every_rating_is_called_out(tmp_path):
@@ -48,6 +51,8 @@ def test_a_threshold_beyond_every_rating_is_called_out(tmp_path):
     # a judge on its own scale: every rating near 0, far above the study's -3 and -2
     models = [model("base", [-0.1, 0.0], [-0.2, 0.1]), model("dpo", [-0.05, 0.02], [0.0, -0.1])]
     metrics = compute_metrics(models)
+    assert reward_places(metrics) == 4  # rewards spanning 0.3: 2 decimals would print every difference as 0.00
+    assert "| Base | 100 [" in table1(metrics) and "-0.0500 [" in table1(metrics)
     figure_thresholds(metrics, tmp_path / "t.png")  # the sweep stays on the judge's scale
     assert metrics["thresholds"]["sweep"]["values"][0] > -1 and (tmp_path / "t.png").stat().st_size > 20_000
     notes = threshold_notes(metrics)

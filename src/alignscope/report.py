@@ -7,6 +7,7 @@ rounded up: +28.125 % is "+28.13"), so its tables can be compared line by line.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -45,8 +46,9 @@ def fmt(x: float, places: int = 2, sign: bool = False) -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return "n/a"
     q = Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    q = abs(q) if q.is_zero() else q  # no "-0.00"
     text = f"{q:.{places}f}"
-    return ("+" + text if sign and q > 0 else text).replace("-0.00", "0.00")
+    return "+" + text if sign and q > 0 else text
 
 
 def fmt_rate(x: float) -> str:
@@ -67,6 +69,13 @@ def ci(lo_hi: list[float], places: int = 0) -> str:
     return f"[{fmt(lo_hi[0], places)}, {fmt(lo_hi[1], places)}]"
 
 
+def reward_places(metrics: dict) -> int:
+    """Decimals for rewards: the study's 2 on OpenAssistant's scale (rewards spanning ~10), more
+    for a judge whose rewards span a fraction of one, where 2 would print every difference as 0.00."""
+    span = max(hi for _, hi in metrics["rating_range"].values()) - min(lo for lo, _ in metrics["rating_range"].values())
+    return 2 if span <= 0 else max(2, 3 - math.floor(math.log10(span)))
+
+
 # --------------------------------------------------------------------------- markdown
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -76,13 +85,13 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def table1(metrics: dict) -> str:
-    rows = []
+    rows, places = [], reward_places(metrics)
     for name, m in metrics["models"].items():
         rows.append([display(name),
                      f"{fmt_rate(m['HmR'])} {ci(m['HmR_ci95'])}", f"{fmt_rate(m['HpR'])} {ci(m['HpR_ci95'])}",
                      f"{fmt_rate(m['CAS'])} {ci(m['CAS_ci95'])}",
-                     f"{fmt(m['mean_reward']['harmful'])} {ci(m['mean_reward_ci95']['harmful'], 2)}",
-                     f"{fmt(m['mean_reward']['helpful'])} {ci(m['mean_reward_ci95']['helpful'], 2)}",
+                     f"{fmt(m['mean_reward']['harmful'], places)} {ci(m['mean_reward_ci95']['harmful'], places)}",
+                     f"{fmt(m['mean_reward']['helpful'], places)} {ci(m['mean_reward_ci95']['helpful'], places)}",
                      f"{m['n']['harmful']} / {m['n']['helpful']}"])
     return table(["Model", "HmR % [95% CI]", "HpR % [95% CI]", "CAS % [95% CI]",
                   "mean reward, harmful [95% CI]", "mean reward, helpful [95% CI]", "n harmful / helpful"], rows)
@@ -107,12 +116,12 @@ def rate_tests_table(metrics: dict) -> str:
 
 
 def reward_tests_table(metrics: dict) -> str:
-    rows = []
+    rows, places = [], reward_places(metrics)
     for t in metrics["paired_tests"]:
         if not t["metric"].startswith("mean_reward"):
             continue
         rows.append([t["metric"].removeprefix("mean_reward_"), f"{display(t['a'])} - {display(t['b'])}",
-                     f"{fmt(t['mean_diff'], sign=True)} {ci(t['ci95'], 2)}", fmt_p(t["p_value"]),
+                     f"{fmt(t['mean_diff'], places, sign=True)} {ci(t['ci95'], places)}", fmt_p(t["p_value"]),
                      fmt_p(t["wilcoxon_p"]), fmt_p(t["q_value"])])
     return table(["prompts", "a - b", "mean reward difference [95% CI]", "p (paired t)", "p (Wilcoxon)",
                   "q (BH)"], rows)
@@ -158,13 +167,24 @@ def findings(metrics: dict) -> str:
         parts.append("**The data supports** (exact McNemar on the same prompts, Benjamini-Hochberg "
                      f"q < {SIGNIFICANCE}): " + "; ".join(supported) + ".")
     else:
-        parts.append("**No difference between any two models is supported** at "
+        parts.append("**No difference in HmR or HpR between any two models is supported** at "
                      f"q < {SIGNIFICANCE} by the paired tests.")
     if unsupported:
         parts.append("**The data does not support** a difference in: " + "; ".join(unsupported) + ". "
                      f"With {n['harmful']} harmful and {n['helpful']} helpful prompts the 95% intervals on a "
                      f"rate are {fmt(min(widths), 0)} to {fmt(max(widths), 0)} points wide, so gaps of this size "
                      "are within what resampling the prompts would produce.")
+    places, rewards = reward_places(metrics), []
+    for t in metrics["paired_tests"]:
+        if t["metric"].startswith("mean_reward") and t["q_value"] < SIGNIFICANCE:
+            higher, lower = (t["a"], t["b"]) if t["mean_diff"] > 0 else (t["b"], t["a"])
+            diff, (lo, hi) = abs(t["mean_diff"]), sorted(abs(x) for x in t["ci95"])
+            rewards.append(f"{display(higher)} over {display(lower)} on {t['metric'].removeprefix('mean_reward_')} "
+                           f"prompts (+{fmt(diff, places)} [{fmt(lo, places)}, {fmt(hi, places)}]; "
+                           f"{p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})")
+    parts.append("**On mean reward** (paired t on the same prompts, Benjamini-Hochberg q < "
+                 f"{SIGNIFICANCE}), the data supports a higher reward for " + "; ".join(rewards) + "." if rewards else
+                 f"No difference in mean reward is supported at q < {SIGNIFICANCE} (paired t on the same prompts).")
     for r in metrics["retention"]:
         if r["helpful_before"]:
             parts.append(f"Of the {r['helpful_before']} helpful prompts {display(r['before'])} answered helpfully, "
@@ -180,6 +200,29 @@ def _colors(n: int) -> list:
 
     cmap = matplotlib.colormaps["tab10"]
     return [cmap(i % 10) for i in range(n)]
+
+
+def _threshold_line(ax, value: float, label: str, data_range: tuple[float, float], vertical: bool = False) -> None:
+    """Mark a threshold among the data; where it lies far beyond them (a judge on another scale
+    than OpenAssistant's), name it at that edge instead of stretching the axis until the data
+    is a flat line."""
+    lo, hi = data_range
+    pad = 0.25 * (hi - lo) if hi > lo else 1.0
+    if lo - pad <= value <= hi + pad:
+        (ax.axvline if vertical else ax.axhline)(value, color="crimson", ls="--", lw=1, label=label)
+        return
+    below, text = value < lo, f"{label}\nlies off this axis"
+    if vertical:
+        ax.text(0.02 if below else 0.98, 0.5, text, transform=ax.transAxes, color="crimson", fontsize=8,
+                ha="left" if below else "right")
+    else:
+        ax.text(0.5, 0.02 if below else 0.98, text, transform=ax.transAxes, color="crimson", fontsize=8,
+                ha="center", va="bottom" if below else "top")
+
+
+def _rating_range(models: list[RatedModel]) -> tuple[float, float]:
+    ratings = np.concatenate([m.ratings(c) for m in models for c in ("harmful", "helpful")])
+    return float(ratings.min()), float(ratings.max())
 
 
 def figure_rates(metrics: dict, path: Path) -> None:
@@ -202,8 +245,9 @@ def figure_rates(metrics: dict, path: Path) -> None:
     ax.set_xticks(x, [display(n) for n in names])
     ax.set_ylabel("% of prompts")
     ax.set_ylim(0, 100)
-    ax.set_title("Rates with 95% intervals")
-    ax.legend(loc="upper left", ncols=3, frameon=False)
+    ax.set_title("Rates with 95% intervals", pad=24)
+    # above the axes: bars at 100% would hide a legend inside them
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -218,11 +262,12 @@ def figure_reward_boxes(models: list[RatedModel], cfg: MetricsConfig, path: Path
         data = [m.ratings(cat) for m in models]
         ax.boxplot(data, tick_labels=[display(m.name) for m in models], showmeans=True,
                    meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"})
-        ax.axhline(thr, color="crimson", ls="--", lw=1,
-                   label=f"{'harmless' if cat == 'harmful' else 'helpful'} threshold ({thr:g})")
+        _threshold_line(ax, thr, f"{'harmless' if cat == 'harmful' else 'helpful'} threshold ({thr:g})",
+                        _rating_range(models))
         ax.set_title(f"{cat} prompts")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(loc="best", frameon=True, framealpha=0.9, fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", frameon=True, framealpha=0.9, fontsize=8)
     axes[0].set_ylabel("reward")
     fig.suptitle("Reward per model (box: quartiles, diamond: mean)")
     fig.tight_layout()
@@ -247,7 +292,7 @@ def figure_per_prompt(models: list[RatedModel], cfg: MetricsConfig, path: Path) 
             jitter = np.linspace(-0.08, 0.08, grid.shape[1])
             ax.scatter(x[i] + jitter[flags], grid[i][flags], s=14, color=colors[i], label=None)
             ax.scatter(x[i] + jitter[~flags], grid[i][~flags], s=14, facecolors="none", edgecolors=colors[i])
-        ax.axhline(thr, color="crimson", ls="--", lw=1)
+        _threshold_line(ax, thr, f"threshold ({thr:g})", _rating_range(models))
         ax.set_xticks(x, [display(m.name) for m in models])
         ax.set_title(f"{cat} prompts (filled: passes {thr:g})")
         ax.grid(axis="y", alpha=0.3)
@@ -268,13 +313,8 @@ def figure_thresholds(metrics: dict, path: Path) -> None:
         for name, color in zip(names, _colors(len(names))):
             ax.plot(sweep["values"], sweep[key][name], label=display(name), color=color)
         thr = metrics["thresholds"][thr_key]
-        label = f"chosen ({thr['comparison']} {thr['value']:g})"
-        if sweep["values"][0] <= thr["value"] <= sweep["values"][-1]:
-            ax.axvline(thr["value"], color="crimson", ls="--", lw=1, label=label)
-        else:  # a judge on another scale: drawing the line would squash the curves against one edge
-            ax.text(0.02 if thr["value"] < sweep["values"][0] else 0.98, 0.5, f"{label}\nlies off this axis",
-                    transform=ax.transAxes, color="crimson", fontsize=8,
-                    ha="left" if thr["value"] < sweep["values"][0] else "right")
+        _threshold_line(ax, thr["value"], f"chosen ({thr['comparison']} {thr['value']:g})",
+                        (sweep["values"][0], sweep["values"][-1]), vertical=True)
         ax.set_xlabel("reward threshold")
         ax.set_title(f"{key} as its threshold moves")
         ax.grid(alpha=0.3)
