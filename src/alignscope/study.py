@@ -401,8 +401,12 @@ def _report(cfg, base, rated_dir, report_dir, answer_info, train_info, judge_inf
                                       "stop_tests": stop_tests, "judge": judge_info}, extra_sections=sections)
         return {"HpR": {v: metrics["models"][v]["HpR"] for v in variants}}
 
+    # The code that computes and renders the report is an input too: rerendering takes a second,
+    # and a report left from an older alignscope would otherwise stand beside newer results.
+    code = [sha256_file(Path(__file__).with_name(f)) for f in ("metrics.py", "report.py", "study.py")]
     stages.run(f"report {base.name}", [[sha256_file(p) for p in files], asdict(metrics_cfg), asdict(report_cfg),
-                                       sections], [report_dir / "metrics.json", report_dir / "report.md"], work, quiet)
+                                       sections, code], [report_dir / "metrics.json", report_dir / "report.md"],
+               work, quiet)
     return read_json(report_dir / "metrics.json")
 
 
