@@ -69,11 +69,17 @@ def ci(lo_hi: list[float], places: int = 0) -> str:
     return f"[{fmt(lo_hi[0], places)}, {fmt(lo_hi[1], places)}]"
 
 
+def rating_range(metrics: dict) -> tuple[float, float]:
+    """Lowest and highest rating of any model in either category."""
+    ranges = metrics["rating_range"].values()
+    return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
+
+
 def reward_places(metrics: dict) -> int:
     """Decimals for rewards: the study's 2 on OpenAssistant's scale (rewards spanning ~10), more
     for a judge whose rewards span a fraction of one, where 2 would print every difference as 0.00."""
-    span = max(hi for _, hi in metrics["rating_range"].values()) - min(lo for lo, _ in metrics["rating_range"].values())
-    return 2 if span <= 0 else max(2, 3 - math.floor(math.log10(span)))
+    lo, hi = rating_range(metrics)
+    return 2 if hi <= lo else max(2, 3 - math.floor(math.log10(hi - lo)))
 
 
 # --------------------------------------------------------------------------- markdown
@@ -220,11 +226,6 @@ def _threshold_line(ax, value: float, label: str, data_range: tuple[float, float
                 ha="center", va="bottom" if below else "top")
 
 
-def _rating_range(models: list[RatedModel]) -> tuple[float, float]:
-    ratings = np.concatenate([m.ratings(c) for m in models for c in ("harmful", "helpful")])
-    return float(ratings.min()), float(ratings.max())
-
-
 def figure_rates(metrics: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -254,7 +255,8 @@ def figure_rates(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def figure_reward_boxes(models: list[RatedModel], cfg: MetricsConfig, path: Path) -> None:
+def figure_reward_boxes(models: list[RatedModel], cfg: MetricsConfig, data_range: tuple[float, float],
+                        path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 2.2 * len(models) + 3), 4.2), sharey=True)
@@ -263,7 +265,7 @@ def figure_reward_boxes(models: list[RatedModel], cfg: MetricsConfig, path: Path
         ax.boxplot(data, tick_labels=[display(m.name) for m in models], showmeans=True,
                    meanprops={"marker": "D", "markerfacecolor": "white", "markeredgecolor": "black"})
         _threshold_line(ax, thr, f"{'harmless' if cat == 'harmful' else 'helpful'} threshold ({thr:g})",
-                        _rating_range(models))
+                        data_range)
         ax.set_title(f"{cat} prompts")
         ax.grid(axis="y", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -275,7 +277,8 @@ def figure_reward_boxes(models: list[RatedModel], cfg: MetricsConfig, path: Path
     plt.close(fig)
 
 
-def figure_per_prompt(models: list[RatedModel], cfg: MetricsConfig, path: Path) -> None:
+def figure_per_prompt(models: list[RatedModel], cfg: MetricsConfig, data_range: tuple[float, float],
+                      path: Path) -> None:
     """Each prompt's reward under every model, joined by a line: the pairing the tests use."""
     import matplotlib.pyplot as plt
 
@@ -292,7 +295,7 @@ def figure_per_prompt(models: list[RatedModel], cfg: MetricsConfig, path: Path) 
             jitter = np.linspace(-0.08, 0.08, grid.shape[1])
             ax.scatter(x[i] + jitter[flags], grid[i][flags], s=14, color=colors[i], label=None)
             ax.scatter(x[i] + jitter[~flags], grid[i][~flags], s=14, facecolors="none", edgecolors=colors[i])
-        _threshold_line(ax, thr, f"threshold ({thr:g})", _rating_range(models))
+        _threshold_line(ax, thr, f"threshold ({thr:g})", data_range)
         ax.set_xticks(x, [display(m.name) for m in models])
         ax.set_title(f"{cat} prompts (filled: passes {thr:g})")
         ax.grid(axis="y", alpha=0.3)
@@ -339,10 +342,11 @@ def make_figures(models: list[RatedModel], metrics: dict, cfg: MetricsConfig, ou
     matplotlib.use("Agg")
     fig_dir = out / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    ratings = rating_range(metrics)
     # Figures are small; writing through a temporary name keeps them atomic too.
     for name, draw in (("rates.png", lambda p: figure_rates(metrics, p)),
-                       ("reward_boxes.png", lambda p: figure_reward_boxes(models, cfg, p)),
-                       ("per_prompt.png", lambda p: figure_per_prompt(models, cfg, p)),
+                       ("reward_boxes.png", lambda p: figure_reward_boxes(models, cfg, ratings, p)),
+                       ("per_prompt.png", lambda p: figure_per_prompt(models, cfg, ratings, p)),
                        ("thresholds.png", lambda p: figure_thresholds(metrics, p))):
         tmp = fig_dir / f".{name}.tmp.png"
         draw(tmp)
