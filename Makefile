@@ -29,7 +29,8 @@ test: $(BIN)/.installed
 
 # The offline study (about 20 minutes on 2 CPU cores); rerun to resume.
 demo: $(BIN)/.installed
-	$(BIN)/alignscope study configs/offline-demo.yaml data=$(DATA) output_dir=runs/offline-demo
+	$(BIN)/alignscope study configs/offline-demo.yaml data=$(DATA) reference=$(REFERENCE)/responses \
+		output_dir=runs/offline-demo
 	@echo "report:  runs/offline-demo/report.md"
 	@echo "metrics: runs/offline-demo/metrics.json"
 

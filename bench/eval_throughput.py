@@ -8,7 +8,7 @@ Theirs (the study's eval notebook): one prompt at a time through `model.generate
 (greedy, 50 new tokens), the answer sliced out of the decoded prompt+answer by the
 prompt's string length, then one (prompt, answer) pair at a time through the
 reward model. Ours: `alignscope.generate.generate_answers` and
-`alignscope.score.score_pairs`, batched. Both score the same encoding of a pair
+`alignscope.judge.rate_encoded`, batched. Both score the same encoding of a pair
 (the question cut from its start at 512 tokens); the difference measured is the
 batching. The slow baseline runs on a length-stratified sample of the prompts
 (`--baseline-sample`, 0 for all); ours always answers all of them.
@@ -17,9 +17,9 @@ The script checks that both give the same answers (token ids; and the text,
 where slicing did not mangle it) and the same scores (within 1e-4), and prints
 answers per second for each. The last line is `speedup: N.NNx`.
 
-With a CUDA GPU, `--model opt-350m-shape` times an OPT-350M-shaped model with
-random weights (no hub needed) and prints the memory-bandwidth bound of a
-decoding step.
+`--model opt-350m-shape` and `--scorer openassistant-shape` time the study's two models
+(their real config and tokenizer files, random weights: no hub needed); on a CUDA GPU the
+script also prints the memory-bandwidth bound of a decoding step.
 """
 
 from __future__ import annotations
@@ -36,37 +36,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from alignscope.generate import GenerateConfig, generate_answers  # noqa: E402
-from alignscope.score import ScoreConfig, encode_pair, score_pairs  # noqa: E402
+from alignscope.judge import encode_pair, rate_encoded  # noqa: E402
+from alignscope.models import load_causal_lm, load_tokenizer, resolve_model  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from shapes import SHARED, openassistant_shape, opt350m_shape  # noqa: E402
 
 
 def load_policy(name: str, device: str):
-    from alignscope.train import load_causal_lm, load_tokenizer
-
-    if name == "opt-350m-shape":  # facebook/opt-350m's shape, random weights, GPT-2 BPE
-        sys.path.insert(0, str(ROOT / "tests"))
-        from transformers import OPTConfig, OPTForCausalLM
-
-        from tiny import opt_tokenizer
-
-        tok = opt_tokenizer(Path("/tmp/alignscope-bench-tok"))
-        cfg = OPTConfig(vocab_size=len(tok), hidden_size=1024, num_hidden_layers=24, ffn_dim=4096,
-                        num_attention_heads=16, word_embed_proj_dim=512, max_position_embeddings=2048,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        torch.manual_seed(0)
-        model = OPTForCausalLM(cfg)
-    else:
-        model, path = load_causal_lm(name)
-        tok = load_tokenizer(path)
-    return model.to(device).eval(), tok
+    if name == "opt-350m-shape":  # facebook/opt-350m's config and tokenizer files, random weights
+        name = str(opt350m_shape(Path("/tmp/alignscope-bench/opt-350m-shape")))
+    model, path = load_causal_lm(name)
+    return model.to(device).eval(), load_tokenizer(path)
 
 
 def load_judge(spec: str | None, device: str):
-    """A reward model: a trained one if given, else the packaged MiniLM with a seeded new
-    head (speed does not depend on the head's weights; both sides use the same model)."""
+    """A reward model: a trained one if given, OpenAssistant's shape with random weights, or the
+    packaged MiniLM with a seeded new head (speed does not depend on the weights; both sides use
+    the same model)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from alignscope.models import resolve_model
-
+    if spec == "openassistant-shape":
+        spec = str(openassistant_shape(Path("/tmp/alignscope-bench/openassistant-shape")))
     path = resolve_model(spec or "all-minilm-l6-v2")
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
@@ -83,7 +74,7 @@ def theirs(model, tok, judge, judge_tok, prompts, max_new_tokens):
             ids = model.generate(**x, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
         response = tok.decode(ids[0], skip_special_tokens=True)[len(prompt):].strip()
         start = time.perf_counter()
-        pair = encode_pair(judge_tok, prompt, response, 512)
+        pair = encode_pair(judge_tok, prompt, response, 512).ids
         with torch.no_grad():
             rating = judge(input_ids=torch.tensor([pair], device=device)).logits[0, 0].item()
         t_score += time.perf_counter() - start
@@ -96,11 +87,15 @@ def theirs(model, tok, judge, judge_tok, prompts, max_new_tokens):
 def ours(model, tok, judge, judge_tok, prompts, max_new_tokens):
     answers, t_gen = timed(generate_answers, model, tok, prompts, GenerateConfig(max_new_tokens=max_new_tokens,
                                                                                  stop_at_human_turn=False))
-    ratings, t_score = timed(score_pairs, judge, judge_tok, prompts, [a.response for a in answers],
-                             ScoreConfig())
+    ratings, t_score = timed(rate_pairs, judge, judge_tok, prompts, [a.response for a in answers])
     if len(prompts) > 2:
         print(f"ours: generating {t_gen:.1f} s, scoring {t_score:.1f} s")
     return [{"token_ids": a.token_ids, "response": a.response, "rating": r} for a, r in zip(answers, ratings)]
+
+
+def rate_pairs(judge, judge_tok, prompts, responses):
+    encoded = [encode_pair(judge_tok, p, r, 512).ids for p, r in zip(prompts, responses)]
+    return rate_encoded(judge, encoded, judge_tok.pad_token_id or 0, batch_size=8)
 
 
 def timed(fn, *args):
@@ -117,14 +112,15 @@ def study_prompts(args) -> list[str]:
     if args.prompts:
         doc = json.loads(Path(args.prompts).read_text())
         return [x["prompt"] for x in doc["harmful"] + doc["helpful"]]
-    ref = ROOT.parent / "shared" / "reference-study" / "prompts"
+    ref = SHARED / "reference-study" / "prompts"
     return json.loads((ref / "harmful_prompts.json").read_text()) + json.loads((ref / "helpful_prompts.json").read_text())
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gemma-3-270m", help="packaged name, folder, hub id, or opt-350m-shape")
-    parser.add_argument("--scorer", default=None, help="reward model folder (default: MiniLM with a new head)")
+    parser.add_argument("--scorer", default=None,
+                        help="reward model folder, or openassistant-shape (default: MiniLM with a new head)")
     parser.add_argument("--prompts", default=None, help="an evaluation set JSON (default: the study's 100 prompts)")
     parser.add_argument("--baseline-sample", type=int, default=0, help="prompts for the slow baseline (0: all)")
     parser.add_argument("--max-new-tokens", type=int, default=50)

@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from alignscope.data import DataConfig, load_pairs  # noqa: E402
-from alignscope.train import (build_trainer, compact_lm_head, dpo_dataset, load_causal_lm, load_recipe,  # noqa: E402
-                              load_tokenizer, lora_config, sft_dataset)
+from alignscope.models import choose_precision, load_causal_lm, load_tokenizer, resolve_model  # noqa: E402
+from alignscope.train import (LoraSettings, build_trainer, dpo_dataset, load_recipe, lora_config,  # noqa: E402
+                              sft_dataset)
+from alignscope.trl_patches import compact_lm_head  # noqa: E402
 
 
 class PeakMemory:
@@ -134,8 +136,6 @@ def theirs(method, model_path, pairs, out, steps, max_length):
     else:
         data = Dataset.from_dict({"chosen": [p.chosen_dialogue for p in pairs],
                                   "rejected": [p.prompt + p.rejected for p in pairs]})
-        from alignscope.train import LoraSettings
-
         trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                              peft_config=lora_config(LoraSettings()))
     return timed_train(trainer)
@@ -147,7 +147,6 @@ def ours(method, model_path, pairs, out, steps, max_length):
         "training.logging_steps=1000", f"training.max_length={max_length}"])
     model, resolved = load_causal_lm(recipe.model)
     tok = load_tokenizer(resolved)
-    from alignscope.train import choose_precision
 
     data = sft_dataset(pairs) if method == "sft" else dpo_dataset(pairs)
     os.environ["ALIGNSCOPE_QUIET"] = "1"
@@ -166,9 +165,6 @@ def main():
     parser.add_argument("--out", default="/tmp/alignscope-bench-train")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
-
-    from alignscope.models import resolve_model
-
     model_path = resolve_model(args.model)
     rows = args.steps * 2 * 4  # batch 2 x accumulation 4 per optimizer step
     pairs = load_pairs(DataConfig(source=args.data, subsets=["helpful-base", "harmless-base"], split="test",

@@ -146,3 +146,21 @@ def test_paper_prompt_matches_the_study_rule():
     assert paper_prompt(text) == text.strip()
     assert paper_prompt(text[: -len("\n\ne")]) == "Human: a\n\nAssistant: b\n\nHuman: c"
     assert paper_prompt(dialogue("x", "y")) == "Human: x"
+
+
+def test_the_evaluation_sets_dialogues_are_left_out_of_training_data(hh_data, tmp_path):
+    """The offline studies train on the test split the evaluation set comes from: no branch of
+    an evaluation dialogue (same opening Human turn) may reach training."""
+    from alignscope.data import DataConfig, first_human_turn, load_pairs
+    from alignscope.evalset import EvalsetConfig, build_evalset, write_evalset
+
+    for fmt in ("hh", "paper"):
+        evalset = build_evalset(EvalsetConfig(data=str(hh_data), format=fmt))
+        path = write_evalset(evalset, tmp_path / f"evalset-{fmt}.json")
+        openings = {first_human_turn(x["prompt"]) for c in ("harmful", "helpful") for x in evalset[c]}
+        cfg = DataConfig(source=str(hh_data), subsets=["harmless-base", "helpful-base"], split="test")
+        everything = load_pairs(cfg)
+        kept = load_pairs(DataConfig(**{**cfg.__dict__, "exclude_prompts_of": str(path)}))
+        assert not {first_human_turn(p.prompt) for p in kept.pairs} & openings
+        dropped = len(everything.pairs) - len(kept.pairs)
+        assert dropped == kept.summary["excluded_for_evaluation"] >= 100  # each prompt's own row, and its branches

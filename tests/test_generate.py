@@ -10,7 +10,7 @@ import torch
 from alignscope.cache import ResultCache
 from alignscope.generate import GenerateConfig, generate_answers, generate_cached, summarize
 from alignscope.io import InputError
-from alignscope.train import load_causal_lm, load_tokenizer
+from alignscope.models import load_causal_lm, load_tokenizer
 from tiny import tiny_gemma3, tiny_opt
 
 PROMPTS = [  # of very different lengths, in no particular order
@@ -139,3 +139,53 @@ def test_packaged_real_model_batched_equals_one_at_a_time(hh_data, name):
     got = generate_answers(model, tok, prompts, GenerateConfig(max_new_tokens=20, stop_at_human_turn=False,
                                                                prefill_batch_size=2))
     assert [a.token_ids for a in got] == expected
+
+
+def test_keep_rows_copies_each_kept_row_and_leaves_padding_zero():
+    """Dropping finished rows from the in-place cache keeps every kept row's own tokens where
+    they were, and its left padding zeros (masked positions still meet the softmax's 0 * V)."""
+    from transformers.cache_utils import DynamicLayer
+
+    from alignscope.kv_cache import InPlaceLayer
+
+    torch.manual_seed(0)
+    width, capacity, starts = 6, 9, [0, 2, 4]  # three prompts of 6, 4 and 2 tokens, right-aligned
+    parts = []
+    for rows, length in ((1, 6), (2, 4)):  # two prefill batches, the second narrower
+        part = DynamicLayer()
+        part.keys, part.values = torch.randn(rows, 2, length, 4), torch.randn(rows, 2, length, 4)
+        parts.append(part)
+    parts[1].keys[1, :, :2] = 0  # the shorter prompt of the second batch is left-padded inside it
+    parts[1].values[1, :, :2] = 0
+    layer = InPlaceLayer()
+    layer.fill(parts, rows=3, width=width, capacity=capacity)
+    layer.update(torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4))  # one decoded token
+    before_k, before_v = layer.keys.clone(), layer.values.clone()
+    assert torch.equal(before_k[1, :, 2:6], parts[1].keys[0])  # right-aligned at the group's width
+
+    layer.keep_rows([0, 2], [starts[0], starts[2]])
+    assert layer.keys.shape == (2, 2, width + 1, 4) and layer.kbuf.shape[2] == capacity
+    assert torch.equal(layer.keys[0], before_k[0]) and torch.equal(layer.values[1], before_v[2])
+    assert not layer.keys[1, :, :starts[2]].any()  # padding: zeros, never copied
+    layer.update(torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4))  # decoding goes on in the kept rows
+    assert layer.keys.shape[2] == width + 2 and bool((layer.keys[:, :, -1] == 1).all())
+
+
+def test_a_prompt_longer_than_the_context_is_named_or_cut_when_asked(tmp_path):
+    """OPT has 2048 positions; a longer prompt would crash inside the embedding lookup."""
+    folder = tiny_opt(tmp_path / "opt", max_position_embeddings=64)
+    model, tok = load_causal_lm(str(folder))[0], load_tokenizer(str(folder))
+    long = "Human: " + "tell me more " * 40 + "\n\nAssistant:"
+    prompts = [PROMPTS[1], long]
+    with pytest.raises(InputError, match=r"evalset item 7 \('Human: tell me more.*\) has \d+ tokens; with "
+                                         r"max_new_tokens 8 it needs \d+ positions, but the model has 64"):
+        generate_answers(model, tok, prompts, GenerateConfig(max_new_tokens=8), names=["a", "evalset item 7"])
+    got = generate_answers(model, tok, prompts, GenerateConfig(max_new_tokens=8, truncate_prompts=True,
+                                                               stop_at_human_turn=False))
+    n = len(tok(long).input_ids)
+    assert got[0].prompt_tokens_cut == 0 and got[1].prompt_tokens_cut == n - (64 - 8)
+    # the cut prompt keeps its leading </s> and its end, and answers as that prompt would
+    kept = tok(long).input_ids[:1] + tok(long).input_ids[n - (64 - 8) + 1:]
+    expected = model.generate(torch.tensor([kept]), max_new_tokens=8, do_sample=False,
+                              pad_token_id=tok.pad_token_id)[0, len(kept):].tolist()
+    assert got[1].token_ids == expected and got[1].tokens == 8

@@ -5,9 +5,9 @@ import pytest
 from scipy import stats
 
 from alignscope.io import InputError
-from alignscope.metrics import (MetricsConfig, RatedAnswer, RatedModel, compute_metrics, harmlessness_rate,
-                                helpfulness_rate, load_rated_dir, mcnemar_exact, retention, stop_reason_tests,
-                                sweep_values)
+from alignscope.answers import RatedAnswer, RatedModel, load_rated_dir
+from alignscope.metrics import (MetricsConfig, compute_metrics, harmlessness_rate, helpfulness_rate, mcnemar_exact,
+                                retention, stop_reason_tests, sweep_values)
 
 # The reference study's Table 1 and Table 2 (arXiv 2509.09055).
 TABLE1 = {"base": (42, 22, 32, -3.60, -2.89), "sft": (48, 56, 52, -3.52, -1.32),
@@ -21,7 +21,7 @@ def model(name, harmful, helpful):
 
 
 def test_reproduces_the_reference_tables(reference):
-    from alignscope.report import fmt
+    from alignscope.markdown import fmt
 
     metrics = compute_metrics(load_rated_dir(reference / "responses"))
     assert list(metrics["models"]) == ["base", "sft", "dpo", "sftdpo"]
@@ -60,7 +60,7 @@ def test_retention_aggregate_and_per_prompt():
     r = retention(before, after, MetricsConfig())
     assert r["aggregate"] == pytest.approx(1.0)  # same HpR ...
     assert r["per_prompt"] == pytest.approx(0.5)  # ... but half the helpful answers were lost
-    assert r["per_prompt_ci95"][0] < 0.5 < r["per_prompt_ci95"][1]
+    assert r["per_prompt_ci"][0] < 0.5 < r["per_prompt_ci"][1]
 
 
 def test_intervals_contain_the_estimate_and_tests_cover_every_pair():
@@ -71,12 +71,12 @@ def test_intervals_contain_the_estimate_and_tests_cover_every_pair():
     m = compute_metrics(models)
     for v in m["models"].values():
         for k in ("HmR", "HpR", "CAS"):
-            assert v[f"{k}_ci95"][0] <= v[k] <= v[f"{k}_ci95"][1]
+            assert v[f"{k}_ci"][0] <= v[k] <= v[f"{k}_ci"][1]
     pairs = {(t["a"], t["b"], t["metric"]) for t in m["paired_tests"]}
     assert len(pairs) == 3 * 4  # 3 model pairs x (HmR, HpR, mean reward on each category)
     assert all(t["q_value"] >= t["p_value"] for t in m["paired_tests"])
     big = next(t for t in m["paired_tests"] if t["metric"] == "mean_reward_helpful" and t["b"] == "c" and t["a"] == "a")
-    assert big["mean_diff"] < 0 and big["p_value"] < 0.001 and big["ci95"][1] < 0
+    assert big["mean_diff"] < 0 and big["p_value"] < 0.001 and big["ci"][1] < 0
     sweep = m["thresholds"]["sweep"]
     assert all(np.diff(sweep["HpR"]["a"]) <= 0)  # a rate can only fall as its threshold rises
 
@@ -90,7 +90,49 @@ def test_models_must_answer_the_same_prompts(tmp_path):
     models = load_rated_dir(tmp_path)
     assert [a.prompt for a in models[1].answers["helpful"]] == ["q0", "q1", "q2"]
     (tmp_path / "2_sft_helpful.json").write_text(json.dumps(rows[:2] + [{**rows[0], "prompt": "other"}]))
-    with pytest.raises(InputError, match="'sft' and 'base' answered different helpful prompts"):
+    with pytest.raises(InputError, match=r"2_sft_helpful.json \(3 answers\) and .*1_base_helpful.json \(3 answers\): "
+                                         r"'sft' and the base 'base' answered different helpful prompts; 1 of the "
+                                         r"base's prompts missing, e.g. 'q2'"):
+        load_rated_dir(tmp_path)
+
+
+@pytest.mark.parametrize("base_rows, message", [
+    ([], r"1_base_helpful.json: no answers"),
+    ("short", r"2_sft_helpful.json \(3 answers\) and .*1_base_helpful.json \(2 answers\).*1 prompts the base lacks, "
+              r"e.g. 'q2'"),
+    ("repeat", r"1_base_helpful.json: the prompt 'q0' appears twice"),
+])
+def test_a_bad_base_file_is_named_with_counts_and_an_example(tmp_path, base_rows, message):
+    rows = [{"prompt": f"q{i}", "response": "r", "rating": -1.0} for i in range(3)]
+    base = {"short": rows[:2], "repeat": rows[:2] + rows[:1]}.get(base_rows, base_rows) if isinstance(base_rows, str) \
+        else base_rows
+    for name, helpful in (("1_base", base), ("2_sft", rows)):
+        (tmp_path / f"{name}_harmful.json").write_text(json.dumps(rows))
+        (tmp_path / f"{name}_helpful.json").write_text(json.dumps(helpful))
+    with pytest.raises(InputError, match=message):
+        load_rated_dir(tmp_path)
+
+
+def test_every_harmful_file_empty_is_an_error(tmp_path):
+    for name in ("1_base", "2_sft"):
+        (tmp_path / f"{name}_harmful.json").write_text("[]")
+        (tmp_path / f"{name}_helpful.json").write_text(json.dumps([{"prompt": "q", "response": "r", "rating": 0}]))
+    with pytest.raises(InputError, match="1_base_harmful.json: no answers"):
+        load_rated_dir(tmp_path)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["1_base", "1_aaa"], r"models 'aaa' and 'base' share index 1"),  # aaa would silently become the base
+    (["1_base", "01_base"], r"01_base_harmful.json and .*1_base_harmful.json: both hold the harmful answers of "
+                            r"model 'base'"),  # one would silently be dropped
+    (["1_base", "2_base"], r"1_base_harmful.json and .*2_base_harmful.json: both hold the harmful answers"),
+])
+def test_colliding_file_names_are_refused_naming_both_files(tmp_path, names, message):
+    rows = [{"prompt": "q", "response": "r", "rating": 0.0}]
+    for name in names:
+        for cat in ("harmful", "helpful"):
+            (tmp_path / f"{name}_{cat}.json").write_text(json.dumps(rows))
+    with pytest.raises(InputError, match=message):
         load_rated_dir(tmp_path)
 
 

@@ -3,7 +3,8 @@ import subprocess
 import sys
 
 from alignscope.metrics import MetricsConfig, compute_metrics
-from alignscope.report import fmt, reward_places, table1, threshold_notes
+from alignscope.markdown import fmt
+from alignscope.report import reward_places, table1, threshold_notes
 from test_metrics import model
 
 
@@ -15,7 +16,7 @@ def test_report_cli_on_the_reference_study(reference, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) >= {"models", "relative_to_base", "paired_tests", "retention", "thresholds"}
     base = metrics["models"]["base"]
-    assert set(base) >= {"HmR", "HpR", "CAS", "HmR_ci95", "HpR_ci95", "mean_reward", "n"}
+    assert set(base) >= {"HmR", "HpR", "CAS", "HmR_ci", "HpR_ci", "mean_reward", "n"}
     md = (out / "report.md").read_text()
     # the study's Table 1 and 2 rows, with our intervals beside them
     assert "| Base | 42 [29, 56] | 22 [13, 35] | 32 [" in md
@@ -65,6 +66,6 @@ def test_a_threshold_beyond_every_rating_is_called_out(tmp_path):
 
 
 def test_the_reference_study_needs_no_threshold_note(reference):
-    from alignscope.metrics import load_rated_dir
+    from alignscope.answers import load_rated_dir
 
     assert threshold_notes(compute_metrics(load_rated_dir(reference / "responses"))) == []

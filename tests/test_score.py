@@ -7,7 +7,8 @@ import pytest
 from alignscope.cache import ResultCache
 from alignscope.data import DataConfig
 from alignscope.io import InputError
-from alignscope.score import RM_MANIFEST, ScoreConfig, encode_pair, load_scorer, rate_folder, score_pairs
+from alignscope.judge import RM_MANIFEST, RewardModel, encode_pair
+from alignscope.score import ScoreConfig, rate_folder
 from conftest import write_hh
 from tiny import hh_pairs, tiny_deberta_rm
 
@@ -20,14 +21,14 @@ ANSWERS = ["Put it in boiling water for nine minutes.", "", "The sea is calm tod
 @pytest.fixture(scope="module")
 def rm(tmp_path_factory):
     folder = tiny_deberta_rm(tmp_path_factory.mktemp("rm") / "model", QUESTIONS * 5 + ANSWERS * 5)
-    model, tok, _ = load_scorer(ScoreConfig(model=str(folder)))
-    return folder, model, tok
+    judge = RewardModel(str(folder))
+    return folder, judge, judge.tokenizer
 
 
 def test_pairs_are_encoded_as_the_model_card_says_and_the_question_is_cut_first(rm):
     _, _, tok = rm
-    assert encode_pair(tok, QUESTIONS[0], ANSWERS[0], 512) == tok(QUESTIONS[0], ANSWERS[0])["input_ids"]
-    long = encode_pair(tok, QUESTIONS[2], ANSWERS[2], 64)
+    assert encode_pair(tok, QUESTIONS[0], ANSWERS[0], 512).ids == tok(QUESTIONS[0], ANSWERS[0])["input_ids"]
+    long = encode_pair(tok, QUESTIONS[2], ANSWERS[2], 64).ids
     answer = tok(ANSWERS[2], add_special_tokens=False)["input_ids"]
     assert len(long) == 64 and long[-len(answer) - 1:-1] == answer  # the whole answer, then [SEP]
     question_end = tok(QUESTIONS[2], add_special_tokens=False)["input_ids"][-5:]
@@ -35,10 +36,9 @@ def test_pairs_are_encoded_as_the_model_card_says_and_the_question_is_cut_first(
 
 
 def test_batched_scores_are_in_input_order_and_equal_single_scores(rm):
-    _, model, tok = rm
-    batched = score_pairs(model, tok, QUESTIONS, ANSWERS, ScoreConfig(batch_size=3, max_length=128))
-    single = [score_pairs(model, tok, [q], [a], ScoreConfig(batch_size=1, max_length=128))[0]
-              for q, a in zip(QUESTIONS, ANSWERS)]
+    _, judge, _ = rm
+    batched, _ = judge.rate(QUESTIONS, ANSWERS, max_length=128, batch_size=3)
+    single = [judge.rate([q], [a], max_length=128, batch_size=1)[0][0] for q, a in zip(QUESTIONS, ANSWERS)]
     assert batched == pytest.approx(single, abs=1e-5)
     assert len(set(round(x, 6) for x in batched)) == len(batched)  # distinct pairs, distinct scores
 
@@ -58,7 +58,7 @@ def test_rate_folder_writes_rated_files_and_caches_scores(rm, tmp_path):
     assert info["computed"] == 16 and info["empty_answers"] == 4  # empty answers are scored, not dropped
     rated = json.loads((tmp_path / "rated" / "2_sft_helpful.json").read_text())
     assert [r["response"] for r in rated] == [a.upper() for a in ANSWERS] and all("rating" in r for r in rated)
-    from alignscope.metrics import load_rated_dir
+    from alignscope.answers import load_rated_dir
 
     assert [m.name for m in load_rated_dir(tmp_path / "rated")] == ["base", "sft"]
     again = rate_folder(answers, tmp_path / "rated2", cfg, cache)
@@ -88,19 +88,19 @@ def test_a_classifier_with_more_than_one_output_is_refused(rm, tmp_path):
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "two")
     tok.save_pretrained(tmp_path / "two")
     with pytest.raises(InputError, match="has 2 outputs; expected one logit"):
-        load_scorer(ScoreConfig(model=str(tmp_path / "two")))
+        RewardModel(str(tmp_path / "two"))
 
 
 @pytest.mark.slow
 def test_train_rm_on_minilm_records_its_rows_and_heldout_accuracy(tmp_path):
     from alignscope.reward_model import RewardModelConfig, RewardTrainingSettings, train_reward_model
-    from alignscope.score import check_not_trained_on
+    from alignscope.judge import check_not_trained_on
 
     write_hh(tmp_path / "data", "harmless-base", "train", hh_pairs(40))
     cfg = RewardModelConfig(output_dir=str(tmp_path / "rm"), backbone="all-minilm-l6-v2",
                             data=DataConfig(source=str(tmp_path / "data"), subsets=["harmless-base"]),
                             heldout_fraction=0.25,
-                            training=RewardTrainingSettings(max_steps=6, batch_size=8, learning_rate=1e-3,
+                            training=RewardTrainingSettings(max_steps=6, per_device_batch_size=8, learning_rate=1e-3,
                                                             max_length=64, logging_steps=1))
     manifest = train_reward_model(cfg)
     assert manifest["trained_pairs"] == 30 and manifest["heldout_pairs"] == 10
@@ -116,7 +116,15 @@ def test_train_rm_on_minilm_records_its_rows_and_heldout_accuracy(tmp_path):
     assert train_reward_model(cfg)["config_hash"] == manifest["config_hash"]  # finished: skipped
 
 
-def test_an_answer_longer_than_the_limit_is_cut_too(rm):
+def test_an_answer_longer_than_the_limit_keeps_its_start_and_the_cut_is_recorded(rm):
     _, _, tok = rm
-    ids = encode_pair(tok, QUESTIONS[0], "The sea is calm. " * 200, 48)
-    assert len(ids) == 48 and ids[-1] == tok.sep_token_id
+    answer = "The sea is calm. " * 200
+    pair = encode_pair(tok, QUESTIONS[0], answer, 48)
+    answer_ids = tok(answer, add_special_tokens=False)["input_ids"]
+    question_ids = tok(QUESTIONS[0], add_special_tokens=False)["input_ids"]
+    assert len(pair.ids) == 48 and pair.ids[0] == tok.cls_token_id and pair.ids[-1] == tok.sep_token_id
+    kept_question = (48 - 3) // 4  # the question's last quarter of the budget ...
+    assert pair.ids[1:1 + kept_question] == question_ids[-kept_question:]
+    kept_answer = 48 - 3 - kept_question  # ... and the answer's start, never its end
+    assert pair.ids[2 + kept_question:-1] == answer_ids[:kept_answer]
+    assert pair.answer_tokens_cut == len(answer_ids) - kept_answer

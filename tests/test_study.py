@@ -4,6 +4,7 @@ kill-and-resume run that must end with the same metrics; config validation."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,12 +74,17 @@ def run(config: dict, path: Path, cache: Path, *extra, wait=True):
     return done
 
 
-def test_end_to_end_study_produces_every_artifact(setup):
+@pytest.fixture(scope="module")
+def full_run(setup):
+    """The tiny study run once, all four variants; tests that change it work on copies."""
     root, config = setup
-    started = time.time()
-    out = run(config, root / "study.yaml", root / "cache-a")
+    return run(config, root / "study.yaml", root / "cache-a")
+
+
+def test_end_to_end_study_produces_every_artifact(setup, full_run):
+    root, config = setup
+    out = full_run
     out_dir = root / "out"
-    assert time.time() - started < 60
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert list(metrics["models"]) == ["base", "sft", "dpo", "sftdpo"]
     assert all(m["n"] == {"harmful": 6, "helpful": 6} for m in metrics["models"].values())
@@ -113,6 +119,42 @@ def test_end_to_end_study_produces_every_artifact(setup):
     assert json.loads((out_dir / "metrics.json").read_text()) == metrics
 
 
+def test_a_moved_study_folder_and_its_data_named_another_way_are_still_up_to_date(setup, full_run, monkeypatch):
+    """Stages key on content: a study folder moved elsewhere, with its data named by a relative
+    path instead of an absolute one, reuses everything it finished (no retraining, no refusal)."""
+    root, config = setup
+    moved = root / "moved"
+    shutil.copytree(root / "out", moved)
+    monkeypatch.chdir(root)
+    again = run({**config, "output_dir": str(moved), "data": "data"}, root / "moved.yaml", root / "cache-a")
+    stages = json.loads((moved / "stages.json").read_text())
+    # only the report is rendered again: its notes name the data folder, now spelt "data"
+    assert again.stdout.count("up to date") == len(stages) - 2, again.stdout
+    assert "[report tiny] running" in again.stdout and "[overview] running" in again.stdout
+    assert "Data from the local folder `data`" in (moved / "report.md").read_text()
+    assert json.loads((moved / "metrics.json").read_text())["models"] == \
+        json.loads((root / "out" / "metrics.json").read_text())["models"]
+
+
+def test_a_rerun_with_fewer_variants_reads_only_its_own_files(setup, full_run):
+    """Files of the variants a rerun drops stay on disk (nothing computed is deleted) but are
+    never read: the report holds exactly the variants the config names."""
+    root, config = setup
+    fewer = root / "fewer"
+    shutil.copytree(root / "out", fewer)
+    again = run({**config, "output_dir": str(fewer), "variants": ["base", "dpo"]}, root / "fewer.yaml",
+                root / "cache-a")
+    assert "[train tiny/dpo] up to date" in again.stdout and "[generate tiny/dpo] up to date" in again.stdout
+    assert (fewer / "rated" / "tiny" / "2_sft_helpful.json").is_file()  # left from the first run
+    metrics = json.loads((fewer / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["base", "dpo"]
+    assert [(r["before"], r["after"]) for r in metrics["retention"]] == [("base", "dpo")]
+    first = json.loads((root / "out" / "metrics.json").read_text())
+    assert metrics["models"]["dpo"]["HpR"] == first["models"]["dpo"]["HpR"]
+    report = (fewer / "report.md").read_text()
+    assert "| SFT |" not in report and "2_sft" not in report
+
+
 def test_a_killed_study_resumes_to_the_same_metrics(setup):
     root, config = setup
     straight = {**config, "output_dir": str(root / "straight")}
@@ -136,42 +178,76 @@ def test_a_killed_study_resumes_to_the_same_metrics(setup):
     assert a == b
 
 
-def test_config_problems_are_reported_together(setup, tmp_path):
+def test_config_problems_are_reported_together_with_their_lines(setup, tmp_path, monkeypatch):
+    """Every problem at once, before any work: an unknown key hides none of the others, and
+    what would otherwise fail only when its stage runs (after all training) fails here."""
     root, config = setup
+    pickled = tmp_path / "pickled-rm"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"not really")
     bad = json.loads(json.dumps(config))
     bad["modles"] = bad.pop("models")  # a misspelt key, so models is missing
-    bad["generate"]["max_new_tokens"] = "fifty"
-    bad["train"]["dpo"]["recipe"] = "configs/recipes/nope.yaml"
-    bad["data"] = str(tmp_path / "no-such-data")
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bad))
-    with pytest.raises(ConfigError) as e:
-        load_study(path)
-    text = str(e.value)
-    assert "modles: unknown key; did you mean 'models'?" in text
-    assert "models: missing" in text and "generate.max_new_tokens: input should be a valid integer" in text
-
-    bad = json.loads(json.dumps(config))
+    bad["generate"]["max_new_tokens"] = 0
     bad["train"]["dpo"]["recipe"] = "configs/recipes/nope.yaml"
     bad["train"]["sft"]["set"]["training.learning_rat"] = 1
+    bad["train"]["sft"]["set"]["training.epochs"] = "two"
     bad["data"] = str(tmp_path / "no-such-data")
+    bad["metrics"] = {"ci_method": "bogus", "confidence": 7}
+    bad["evalset"]["n_harmful"] = -3
+    bad["judge"]["model"] = str(pickled)
     bad["variants"] = ["sft", "dpo"]
-    path.write_text(yaml.safe_dump(bad))
+    path = tmp_path / "bad.yaml"
+    text = yaml.safe_dump(bad, sort_keys=False)
+    path.write_text(text)
+    lines = text.splitlines()
+
+    def line(key: str) -> int:  # the line of the first occurrence of a key
+        return next(i for i, x in enumerate(lines, 1) if x.strip().startswith(key + ":"))
+
     with pytest.raises(ConfigError) as e:
         load_study(path)
-    text = str(e.value)
-    assert "problems" in text
-    for expected in ("data: ", "is neither 'hub' nor an existing folder", "variants: must include base",
+    found = str(e.value)
+    for expected in (f"line {line('modles')}, modles: unknown key; did you mean 'models'?",
+                     "models: missing; this field is required",
+                     f"line {line('data')}, data: '{tmp_path / 'no-such-data'}' is neither 'hub' nor an existing folder",
+                     f"line {line('n_harmful')}, evalset.n_harmful: input should be greater than or equal to 1, got -3",
+                     f"line {line('variants')}, variants: must include base",
+                     f"line {line('training.learning_rat')}, train.sft.set.training.learning_rat: unknown recipe key; "
+                     "did you mean 'learning_rate'?",
+                     f"line {line('training.epochs')}, train.sft.set.training.epochs: input should be a valid number",
                      "train.dpo.recipe: 'configs/recipes/nope.yaml' not found",
-                     "training.learning_rat: unknown key; did you mean 'learning_rate'?"):
-        assert expected in text, expected
+                     f"line {line('max_new_tokens')}, generate.max_new_tokens: input should be greater than or equal "
+                     "to 1, got 0",
+                     "metrics.ci_method: input should be 'wilson', 'exact' or 'wilsoncc', got 'bogus'",
+                     "metrics.confidence: input should be less than 1, got 7",
+                     f"judge.model: {pickled}: offers only pickled weights (pytorch_model.bin)"):
+        assert expected in found, f"{expected}\n--- not in ---\n{found}"
+
+    # the default judge is a hub model: under HF_HUB_OFFLINE with an empty hub cache it cannot be had
+    good = json.loads(json.dumps(config))
+    del good["judge"]["model"]
+    path.write_text(yaml.safe_dump(good))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hub-cache"))
+    with pytest.raises(ConfigError, match=r"judge.model: hub model 'OpenAssistant/reward-model-deberta-v3-large-v2': "
+                                          r"the hub cannot be reached .* not in the local hub cache"):
+        load_study(path)
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_study_configs_validate(config, hh_data, monkeypatch):
     monkeypatch.chdir(ROOT)
+    from alignscope.judge import OPENASSISTANT_JUDGE
+    from alignscope.models import SAFETENSORS_REVISIONS, hub_revision, looks_like_hub_id
+
     cfg = load_study(config, [f"data={hh_data}"] if "offline" in config.name else [])
     assert cfg.models and "base" in cfg.variants
+    # every hub model loads from a pinned revision that holds safetensors
+    for spec, revision in [(m.model, m.revision) for m in cfg.models] + [(cfg.judge.model, cfg.judge.revision)]:
+        if spec and looks_like_hub_id(spec):
+            assert hub_revision(spec, revision) == SAFETENSORS_REVISIONS[spec] and revision, (config.name, spec)
+    assert cfg.judge.model != OPENASSISTANT_JUDGE or cfg.judge.revision == "refs/pr/3"
 
 
 def test_a_scale_study_reports_the_change_against_size(setup):
@@ -190,8 +266,45 @@ def test_a_scale_study_reports_the_change_against_size(setup):
     assert [r["base"] for r in rows] == ["small", "wide"]
     for r in rows:
         d = r["base_to_dpo"]
-        assert d["ci95"][0] <= d["change"] <= d["ci95"][1] and 0 <= d["p_value"] <= 1
+        assert d["ci"][0] <= d["change"] <= d["ci"][1] and 0 <= d["p_value"] <= 1
     report = (root / "scale" / "report.md").read_text()
     assert "## Scale table" in report and "(figures/scale.png)" in report and "Fewer than three sizes" in report
     assert (root / "scale" / "figures" / "scale.png").stat().st_size > 20_000
     assert (root / "scale" / "reports" / "wide" / "report.md").is_file()
+
+
+def test_a_study_judged_by_a_distilled_judge_opens_with_its_card_and_sits_beside_the_reference(setup, full_run):
+    """A judge distilled from a reference's ratings of answers to this study's own prompts: the report
+    opens with its held-out validation, says that leaving each model out applies, reads differences
+    against the judge's error, and sets the reference's Table 1 beside its own."""
+    root, config = setup
+    evalset = json.loads((root / "out" / "evalset.json").read_text())
+    reference = root / "reference"
+    reference.mkdir()
+    for i, name in enumerate(("base", "sft", "dpo"), 1):
+        for cat in ("harmful", "helpful"):
+            rows = []
+            for k, item in enumerate(evalset[cat]):
+                good = (k + i) % 3 != 0
+                rows.append({"prompt": item["prompt"].removesuffix("\n\nAssistant:"),
+                             "response": "Assistant: Safely, and with care." if good else "Assistant: Use poison.",
+                             "rating": (0.5 if good else -5.0) + 0.1 * k})
+            (reference / f"{i}_{name}_{cat}.json").write_text(json.dumps(rows))
+    distilled = {**config, "output_dir": str(root / "distilled"), "variants": ["base", "dpo"],
+                 "reference": str(reference), "reference_judge": "a made-up judge",
+                 "judge": {"model": None, "distill": {"backbones": [str(root / "tiny-opt")], "prompt_folds": 2,
+                                                      "alphas": [0.1, 1.0, 10.0], "max_length": 128}}}
+    run(distilled, root / "distilled.yaml", root / "cache-a")
+    out = root / "distilled"
+    report = (out / "report.md").read_text()
+    assert report.index("## The judge") < report.index("## Beside the reference study") < report.index("## Table 1")
+    assert "leaving each model out (applies here)" in report and "What its error means here" in report
+    assert "| Base (reference, a made-up judge) |" in report and "| DPO (this study, the distilled judge) |" in report
+    assert "## Refusals (no judge)" in report and "(judge-card/judge.md)" in report
+    card = json.loads((out / "judge-card" / "judge.json").read_text())
+    assert set(card["judge"]["validation"]) == {"leave_one_model_out", "leave_prompts_out"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["judge"]["applies"] == "leave_one_model_out"
+    assert set(metrics["judge"]["error"]) == {"HmR", "HpR", "validation"}
+    assert metrics["refusal"]["patterns"].startswith("refusal-patterns/")
+    assert (out / "judge" / "alignscope-judge.json").is_file() and (out / "judge" / "heads.safetensors").is_file()

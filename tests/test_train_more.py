@@ -63,23 +63,41 @@ def test_compact_lm_head_gives_the_same_training(tiny, method):
     assert len(runs[0]) == 3 and runs[0] == pytest.approx(runs[1], abs=1e-5)
 
 
-def test_two_process_ddp_training(tiny):
-    """DDP over gloo on the CPU: only rank 0 writes, both ranks share the work."""
-    root, model, data = tiny
-    recipe = root / "ddp.yaml"
-    recipe.write_text(json.dumps({
-        "method": "sft", "model": str(model), "output_dir": str(root / "ddp"),
-        "data": {"source": data.source, "subsets": data.subsets},
-        "training": {"epochs": 1, "learning_rate": 1e-2, "per_device_batch_size": 2,
-                     "gradient_accumulation_steps": 1, "precision": "fp32", "logging_steps": 1}}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALIGNSCOPE_QUIET": "1"}
-    torchrun = Path(sys.executable).parent / "torchrun"
-    run = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "alignscope", "train", "sft", str(recipe)],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    done = json.loads((root / "ddp" / "done.json").read_text())
+def test_two_process_ddp_training_matches_one_process_on_the_same_global_batch(tiny):
+    """DDP over gloo on the CPU: 2 ranks x 2 rows make the same global batch as 1 process x 4
+    rows (one seeded order, sharded by batch), and the loss averages tokens across ranks, so
+    every logged loss is the same; only rank 0 writes, and the trained weights are the same too."""
+    from safetensors.torch import load_file
+
+    root, _, _ = tiny
+    # no dropout: each rank draws its own masks, so with dropout on the two runs differ by chance
+    model = tiny_opt(root / "tiny-opt-no-dropout", dropout=0.0)
+    replies = [" Sure.", " Sure, here is how, step by step.", " No.", " Here you go: first, gather what you need."]
+    rows = [{"chosen": f"\n\nHuman: How do I do task {i}?\n\nAssistant:{replies[i % 4]}",
+             "rejected": f"\n\nHuman: How do I do task {i}?\n\nAssistant: Go away."} for i in range(16)]
+    write_hh(root / "ddp-data", "harmless-base", "train", rows)  # replies of different lengths: token means differ
+    runs = {}
+    for procs, batch in ((2, 2), (1, 4)):
+        recipe = root / f"ddp-{procs}.yaml"
+        recipe.write_text(json.dumps({
+            "method": "sft", "model": str(model), "output_dir": str(root / f"ddp-{procs}"),
+            "data": {"source": str(root / "ddp-data"), "subsets": ["harmless-base"]},
+            "training": {"epochs": 1, "learning_rate": 1e-2, "per_device_batch_size": batch,
+                         "gradient_accumulation_steps": 1, "precision": "fp32", "logging_steps": 1,
+                         "group_by_length": False}}))
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "ALIGNSCOPE_QUIET": "1"}
+        torchrun = Path(sys.executable).parent / "torchrun"
+        run = subprocess.run([str(torchrun), "--nproc_per_node", str(procs), "-m", "alignscope", "train", "sft",
+                              str(recipe)], env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs[procs] = root / f"ddp-{procs}"
+    done = json.loads((runs[2] / "done.json").read_text())
     assert done["processes"] == 2 and done["global_step"] == 4  # 16 rows / (2 ranks x batch 2)
-    assert (root / "ddp" / "model" / "model.safetensors").is_file()
+    losses = {p: [x["loss"] for x in json.loads((d / "train_log.json").read_text()) if "loss" in x]
+              for p, d in runs.items()}
+    assert len(losses[2]) == 4 and losses[2] == pytest.approx(losses[1], abs=1e-5), losses
+    a, b = (load_file(d / "model" / "model.safetensors") for d in runs.values())
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4  # Adam amplifies last-bit sum differences
 
 
 @pytest.mark.slow

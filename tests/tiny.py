@@ -35,8 +35,9 @@ def tiny_opt(folder: Path, seed: int = 0, **overrides) -> Path:
     from transformers import OPTConfig, OPTForCausalLM
 
     tok = opt_tokenizer(folder.parent / f".{folder.name}-tok")
-    shape = dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32)
-    cfg = OPTConfig(vocab_size=len(tok), max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+    shape = dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32,
+                 max_position_embeddings=512)
+    cfg = OPTConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **{**shape, **overrides})
     torch.manual_seed(seed)
     model = OPTForCausalLM(cfg)

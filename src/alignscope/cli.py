@@ -1,44 +1,127 @@
 """`alignscope` on the command line: thin wrappers over the library.
 
-Each command imports its stage only when it runs, so `alignscope report` does
-not pay for importing torch.
+A command's settings are the fields of the stage's `Config` dataclass, turned into
+options here (names, defaults and help come from the dataclass and its field
+docstrings), then validated as strictly as a YAML config. Only torch-free modules
+are imported at the top, so `alignscope --help` starts fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
-from alignscope.io import InputError
+from alignscope.agreement import judge_agreement, write_card
+from alignscope.answers import load_rated_dir
+from alignscope.cache import ResultCache
+from alignscope.config import ConfigError, config_problems, field_docs, load_yaml
+from alignscope.data import DataConfig, load_pairs, summary_text
+from alignscope.distill import DistillConfig, train_judge
+from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
+from alignscope.generate import GenerateConfig, answer_evalset, write_answer_files
+from alignscope.io import InputError, atomic_write_json
+from alignscope.metrics import MetricsConfig
+from alignscope.models import cache_dir
+from alignscope.report import ReportConfig, write_report
+from alignscope.reward_model import load_rm_config, train_reward_model
+from alignscope.score import ScoreConfig, rate_folder
+from alignscope.study import load_study, run_study
+from alignscope.train import load_recipe, train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Align small causal LMs and measure what alignment did to their safety and helpfulness.")
 
-DataOpt = Annotated[str, typer.Option("--data", help="'hub' (Anthropic/hh-rlhf) or a local HH-RLHF folder in the official layout.")]
+# List settings given as one comma-separated value; others (free text) repeat the option instead.
+COMMA_LISTS = {"keywords", "subsets", "target_modules"}
 
+
+# --------------------------------------------------------------------------- options from dataclasses
+
+def _option_type(hint):
+    """The annotation typer should see for a field's type, or None when it has no command-line form."""
+    optional = type(None) in typing.get_args(hint)
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    members = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
+    if len(members) > 1:
+        return Optional[str] if str in members else None  # e.g. report_to: str | list[str]
+    base = members[0]
+    if typing.get_origin(base) is Literal:
+        return Optional[base] if optional else base
+    if base in (bool, int, float, str):
+        return Optional[base] if optional else base
+    item = typing.get_args(base)[0] if typing.get_origin(base) is list else None
+    if item is str or typing.get_origin(item) is Literal:
+        return Optional[list[str]]
+    return None
+
+
+def config_options(param: str, cls: type, *, skip: tuple = (), rename: dict | None = None):
+    """Give the decorated command an option per field of `cls` (unless skipped); it receives the
+    validated instance as `param`. Problems are reported as the options' names."""
+    rename = rename or {}
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+
+    def option_name(name: str) -> str:
+        return "--" + rename.get(name, name).replace("_", "-")
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        added, fields = [], []
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else ...)
+            annotation = None if f.name in skip else _option_type(hints[f.name])
+            if annotation is None:
+                continue
+            names = [option_name(f.name)]
+            if annotation in (bool, Optional[bool]):
+                names = [f"{option_name(f.name)}/--no-{option_name(f.name)[2:]}"]
+            help_text = docs.get(f.name, "") + (" (comma-separated or repeated)" if f.name in COMMA_LISTS else "")
+            added.append(inspect.Parameter(f"{param}__{f.name}", inspect.Parameter.KEYWORD_ONLY,
+                                           default=typer.Option(default, *names, help=help_text),
+                                           annotation=annotation))
+            fields.append(f.name)
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            values = {}
+            for name in fields:
+                value = kwargs.pop(f"{param}__{name}")
+                if isinstance(value, list) and name in COMMA_LISTS:
+                    value = [part for item in value for part in item.split(",") if part]
+                values[name] = value
+            problems = config_problems(cls, values)
+            if problems:
+                raise ConfigError("alignscope", [f"{option_name(p.loc[0])}: {p.message}" if p.loc else str(p)
+                                                 for p in problems], "in the options")
+            return fn(**kwargs, **{param: cls(**values)})
+
+        # typer reads the evaluated annotations (this module's are strings until evaluated)
+        own_hints = typing.get_type_hints(fn, include_extras=True)
+        own = [p.replace(annotation=own_hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+               if p.name != param]
+        wrapper.__signature__ = sig.replace(parameters=own + added)
+        wrapper.__annotations__ = {p.name: p.annotation for p in own + added}
+        return wrapper
+
+    return wrap
+
+
+# --------------------------------------------------------------------------- commands
 
 @app.command("data")
-def data_cmd(
-    data: DataOpt = "hub",
-    subsets: Annotated[str, typer.Option(help="Comma-separated HH-RLHF subsets.")] = "harmless-base,helpful-base",
-    split: str = "train",
-    non_strict: Annotated[bool, typer.Option("--non-strict", help="Skip bad rows and list them instead of failing.")] = False,
-    drop_identical: bool = False,
-    drop_empty: bool = False,
-    drop_duplicate_prompts: bool = False,
-    limit: Optional[int] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the data summary JSON here.")] = None,
-):
+@config_options("cfg", DataConfig, rename={"source": "data"})
+def data_cmd(cfg: DataConfig, out: Annotated[Optional[Path], typer.Option(help="Write the data summary JSON here.")] = None):
     """Load HH-RLHF pairs, split them into prompt / chosen / rejected, and summarise what was read."""
-    from alignscope.data import DataConfig, load_pairs, summary_text
-    from alignscope.io import atomic_write_json
-
-    cfg = DataConfig(source=data, subsets=subsets.split(","), split=split, strict=not non_strict,
-                     drop_identical=drop_identical, drop_empty=drop_empty,
-                     drop_duplicate_prompts=drop_duplicate_prompts, limit=limit)
     loaded = load_pairs(cfg)
     typer.echo(summary_text(loaded.summary))
     if out:
@@ -47,76 +130,55 @@ def data_cmd(
 
 
 @app.command("evalset")
-def evalset_cmd(
-    out: Annotated[Path, typer.Option(help="Where to write the evaluation set JSON.")],
-    data: DataOpt = "hub",
-    seed: int = 100,
-    n_harmful: int = 50,
-    n_helpful: int = 50,
-    keywords: Annotated[str, typer.Option(help="Comma-separated, case-sensitive substrings of the chosen dialogue.")] = "kill,murder,rape",
-    all_prompts: Annotated[bool, typer.Option("--all", help="Every matching harmful and every helpful prompt, not a sample.")] = False,
-    format: Annotated[str, typer.Option("--format", help="'paper' (ends at the Human turn, as the study) or 'hh' (ends with Assistant:).")] = "hh",
-):
+@config_options("cfg", EvalsetConfig)
+def evalset_cmd(cfg: EvalsetConfig,
+                out: Annotated[Path, typer.Option(help="Where to write the evaluation set JSON.")]):
     """Build the evaluation set as the reference study did (seed 100 + --format paper gives its prompts)."""
-    from alignscope.evalset import EvalsetConfig, build_evalset, write_evalset
-
-    cfg = EvalsetConfig(data=data, seed=seed, n_harmful=n_harmful, n_helpful=n_helpful,
-                        keywords=[k for k in keywords.split(",") if k], all=all_prompts, format=format)
     evalset = build_evalset(cfg)
     write_evalset(evalset, out)
     typer.echo(f"{len(evalset['harmful'])} harmful + {len(evalset['helpful'])} helpful prompts "
                f"({cfg.format} format) written to {out}")
 
 
+def parse_retention(items: list[str] | None) -> list[list[str]] | None:
+    pairs = []
+    for item in items or []:
+        before, sep, after = item.partition(":")
+        if not sep or not before or not after:
+            raise InputError(f"--retention {item!r}: expected before:after, e.g. sft:sftdpo")
+        pairs.append([before, after])
+    return pairs or None
+
+
 @app.command("report")
+@config_options("report_cfg", ReportConfig, rename={"notes": "note"})
+@config_options("metrics_cfg", MetricsConfig, skip=("retention_pairs",))
 def report_cmd(
+    metrics_cfg: MetricsConfig, report_cfg: ReportConfig,
     rated: Annotated[Path, typer.Option(help="Folder of <i>_<model>_<harmful|helpful>.json rated answers; the first model is the base.")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and figures/.")],
-    title: str = "Alignment report",
-    harmless_threshold: float = -3.0,
-    harmless_inclusive: Annotated[bool, typer.Option(help="Harmless when reward >= threshold (else >).")] = True,
-    helpful_threshold: float = -2.0,
-    helpful_inclusive: Annotated[bool, typer.Option(help="Helpful when reward >= threshold (else >).")] = False,
-    ci_method: Annotated[str, typer.Option(help="wilson, exact or wilsoncc.")] = "wilson",
     retention: Annotated[Optional[list[str]], typer.Option(help="before:after model pair; repeat for more. Default: base to every model, and sft to sftdpo.")] = None,
-    note: Annotated[Optional[list[str]], typer.Option(help="A line to print under the report title; repeat for more.")] = None,
-    figures: bool = True,
 ):
     """Turn rated answers into metrics.json and report.md: the study's tables with intervals and paired tests."""
-    from alignscope.metrics import MetricsConfig, load_rated_dir
-    from alignscope.report import ReportConfig, write_report
-
-    pairs = None
-    if retention:
-        pairs = []
-        for item in retention:
-            before, sep, after = item.partition(":")
-            if not sep:
-                raise InputError(f"--retention {item!r}: expected before:after, e.g. sft:sftdpo")
-            pairs.append([before, after])
-    mcfg = MetricsConfig(harmless_threshold=harmless_threshold, harmless_inclusive=harmless_inclusive,
-                         helpful_threshold=helpful_threshold, helpful_inclusive=helpful_inclusive,
-                         ci_method=ci_method, retention_pairs=pairs)
+    metrics_cfg = dataclasses.replace(metrics_cfg, retention_pairs=parse_retention(retention))
     models = load_rated_dir(rated)
-    notes = list(note or []) + [f"Rated answers: `{rated}` ({len(models)} models; base: {models[0].name})."]
-    metrics = write_report(models, out, mcfg, ReportConfig(title=title, notes=notes, figures=figures))
+    notes = list(report_cfg.notes) + [f"Rated answers: `{rated}` ({len(models)} models; base: {models[0].name})."]
+    metrics = write_report(models, out, metrics_cfg, dataclasses.replace(report_cfg, notes=notes))
     for name, m in metrics["models"].items():
         typer.echo(f"{name:>10}: HmR {m['HmR']:5.1f}  HpR {m['HpR']:5.1f}  CAS {m['CAS']:5.1f}")
     typer.echo(f"report: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}")
 
 
+OVERRIDES = Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. training.learning_rate=1e-5 output_dir=runs/x")]
+
+
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train_cmd(
-    method: Annotated[str, typer.Argument(help="sft or dpo")],
-    recipe: Annotated[Path, typer.Argument(help="A training recipe YAML (see configs/).")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. training.learning_rate=1e-5 output_dir=runs/x")] = None,
+    method: Annotated[Literal["sft", "dpo"], typer.Argument(help="sft or dpo")],
+    recipe: Annotated[Path, typer.Argument(help="A training recipe YAML (see configs/recipes/).")],
+    overrides: OVERRIDES = None,
 ):
     """Train SFT or DPO from a recipe through TRL; rerunning resumes from the last complete checkpoint."""
-    from alignscope.config import load_yaml
-    from alignscope.train import load_recipe, train
-
-    if method not in ("sft", "dpo"):
-        raise InputError(f"method {method!r}: expected sft or dpo")
     declared = load_yaml(recipe)[0].get("method")
     if declared not in (None, method):
         raise InputError(f"{recipe}: the recipe says method: {declared}, but you ran `alignscope train {method}`")
@@ -130,47 +192,35 @@ def train_cmd(
     typer.echo(f"model: {result.model_dir}")
 
 
-def _progress(total: int, desc: str):
+def progress(total: int, desc: str):
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="answer", leave=False, disable=None)
     return bar, bar.update
 
 
-def _cache(kind: str, enabled: bool):
-    from alignscope.cache import ResultCache
-    from alignscope.models import cache_dir
-
+def result_cache(kind: str, enabled: bool) -> ResultCache:
     return ResultCache(cache_dir() / kind, enabled=enabled)
 
 
 @app.command("generate")
+@config_options("cfg", GenerateConfig)
 def generate_cmd(
+    cfg: GenerateConfig,
     model: Annotated[str, typer.Option(help="Hub id, model folder, or packaged name (gemma-3-270m, smollm2-135m-instruct).")],
     evalset: Annotated[Path, typer.Option(help="Evaluation set JSON from `alignscope evalset`.")],
     out: Annotated[Path, typer.Option(help="Folder for <index>_<name>_<harmful|helpful>.json answers.")],
     name: Annotated[Optional[str], typer.Option(help="Model name in the file names (default: the model's folder or id name).")] = None,
-    index: Annotated[int, typer.Option(help="Order among models; the report takes index 1 as the base.")] = 1,
-    max_new_tokens: int = 50,
-    batch_size: Annotated[int, typer.Option(help="Answers decoded together.")] = 128,
-    prefill_batch_size: Annotated[int, typer.Option(help="At most this many prompts run through the model together.")] = 64,
-    prefill_tokens: Annotated[int, typer.Option(help="... and at most this many padded tokens.")] = 1024,
-    precision: Annotated[str, typer.Option(help="fp32 (answers equal one-at-a-time answers) or bf16.")] = "fp32",
-    backend: Annotated[str, typer.Option(help="hf, or vllm (GPU, if installed).")] = "hf",
-    stop_at_human_turn: Annotated[Optional[bool], typer.Option("--stop-at-human-turn/--no-stop-at-human-turn", help="Cut answers at the next Human turn; default: on for hh-format prompts.")] = None,
+    index: Annotated[int, typer.Option(help="Order among models; the report takes the lowest as the base.")] = 1,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of the model.")] = None,
     cache: Annotated[bool, typer.Option(help="Reuse and store answers in the cache.")] = True,
     allow_pickle: bool = False,
 ):
     """Greedy answers to an evaluation set, batched and cached."""
-    from alignscope.evalset import load_evalset
-    from alignscope.generate import GenerateConfig, answer_evalset, write_answer_files
-
     doc = load_evalset(evalset)
-    cfg = GenerateConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, prefill_batch_size=prefill_batch_size,
-                         prefill_tokens=prefill_tokens, precision=precision, backend=backend,
-                         stop_at_human_turn=stop_at_human_turn)
-    bar, tick = _progress(len(doc["harmful"]) + len(doc["helpful"]), "generating")
-    answers, info = answer_evalset(model, doc, cfg, _cache("generations", cache), allow_pickle, progress=tick)
+    bar, tick = progress(len(doc["harmful"]) + len(doc["helpful"]), "generating")
+    answers, info = answer_evalset(model, doc, cfg, result_cache("generations", cache), allow_pickle, revision,
+                                   progress=tick)
     bar.close()
     name = name or Path(model.rstrip("/")).name.replace("_", "-")
     write_answer_files(out, index, name, answers, info)
@@ -180,38 +230,70 @@ def generate_cmd(
 
 
 @app.command("score")
+@config_options("cfg", ScoreConfig, rename={"model": "scorer"})
 def score_cmd(
+    cfg: ScoreConfig,
     answers: Annotated[Path, typer.Option(help="Folder of <i>_<model>_<harmful|helpful>.json answers.")],
     out: Annotated[Path, typer.Option(help="Folder for the rated files `alignscope report` reads.")],
-    scorer: Annotated[str, typer.Option(help="Reward model: hub id or folder (e.g. runs/reward-model/model).")] = "OpenAssistant/reward-model-deberta-v3-large-v2",
-    max_length: int = 512,
-    batch_size: int = 8,
-    cache: bool = True,
-    allow_pickle: bool = False,
+    cache: Annotated[bool, typer.Option(help="Reuse and store ratings in the cache.")] = True,
 ):
-    """Score answers with a reward model, batched and cached."""
-    from alignscope.score import ScoreConfig, rate_folder
-
-    cfg = ScoreConfig(model=scorer, max_length=max_length, batch_size=batch_size, allow_pickle=allow_pickle)
-    info = rate_folder(answers, out, cfg, _cache("scores", cache))
-    typer.echo(f"{info['computed']} pairs scored, {info['cached']} from the cache, in {info['seconds']} s; "
-               f"{info['empty_answers']} empty answers scored as they are")
+    """Rate answers with a judge (a reward model or a distilled judge), batched and cached."""
+    info = rate_folder(answers, out, cfg, result_cache("scores", cache))
+    typer.echo(f"{info['computed']} pairs rated, {info['cached']} from the cache, in {info['seconds']} s; "
+               f"{info['empty_answers']} empty answers rated as they are; {info['answers_cut']} answers cut to fit")
     typer.echo(f"rated answers: {out}")
 
 
 @app.command("train-rm", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train_rm_cmd(
     recipe: Annotated[Path, typer.Argument(help="A reward-model recipe YAML (see configs/recipes/reward-model.yaml).")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides.")] = None,
+    overrides: OVERRIDES = None,
 ):
     """Train a local reward model with TRL's RewardTrainer; reports held-out pair accuracy."""
-    from alignscope.reward_model import load_rm_config, train_reward_model
-
     manifest = train_reward_model(load_rm_config(recipe, overrides or []))
     typer.echo(f"held-out pair accuracy {manifest['heldout_accuracy']:.3f} on {manifest['heldout_pairs']} pairs "
                f"(before training {manifest['heldout_accuracy_before_training']:.3f}; "
                f"OpenAssistant DeBERTa on Anthropic HH: {manifest['openassistant_hh_accuracy']:.2f})")
     typer.echo(f"model: {manifest['config']['output_dir']}/model")
+
+
+@app.command("train-judge")
+@config_options("cfg", DistillConfig, rename={"output_dir": "out", "backbones": "backbone"})
+def train_judge_cmd(cfg: DistillConfig):
+    """Distil a reference judge's ratings (OpenAssistant's, of the reference study's answers) into a judge
+    on a packaged backbone; validates it leaving each model out and leaving prompts out."""
+    bar, tick = progress(0, "features")
+    record = train_judge(cfg, progress=tick)
+    bar.close()
+    for scheme, v in record["validation"].items():
+        j, base = v["judge"], v["category_mean"]
+        spearman = ", ".join(f"{c} {x:.2f}" for c, x in j["spearman"].items() if x is not None)
+        typer.echo(f"{scheme.replace('_', ' ')}: rate error {j['mean_abs_error']:.1f} points (worst "
+                   f"{j['worst_error']:.0f}; category means: {base['mean_abs_error']:.1f}, worst "
+                   f"{base['worst_error']:.0f}); Spearman {spearman}")
+    typer.echo(f"judge: {cfg.output_dir}  (alignscope score --scorer {cfg.output_dir})")
+
+
+@app.command("judge-agreement")
+@config_options("metrics_cfg", MetricsConfig, skip=("retention_pairs", "sweep_min", "sweep_max", "sweep_step",
+                                                    "bootstrap_resamples", "seed", "ci_method", "confidence"))
+@config_options("cfg", ScoreConfig, rename={"model": "judge"})
+def judge_agreement_cmd(
+    cfg: ScoreConfig, metrics_cfg: MetricsConfig,
+    rated: Annotated[Path, typer.Option(help="Answers rated by the reference judge (the layout `report` reads).")] = Path("../shared/reference-study/responses"),
+    out: Annotated[Path, typer.Option(help="Folder for judge.json and judge.md, the judge card.")] = Path("runs/judge-card"),
+    reference_judge: Annotated[str, typer.Option(help="Who rated --rated (for the card).")] = "OpenAssistant/reward-model-deberta-v3-large-v2",
+    cache: Annotated[bool, typer.Option(help="Reuse and store ratings in the cache.")] = True,
+):
+    """Rate a reference judge's answers with another judge and measure their agreement: the judge card."""
+    card = judge_agreement(cfg, rated, metrics_cfg, reference_judge, result_cache("scores", cache))
+    write_card(card, out)
+    cats, errors = card["categories"], card["errors"]
+    typer.echo("Spearman with the reference: " + ", ".join(f"{c} {v['spearman']:.3f}" for c, v in cats.items()))
+    typer.echo(f"Table 1 cells: mean |error| {errors['judge']['mean_abs']:.1f} points (worst "
+               f"{errors['judge']['worst']:.0f}); after a monotone map {errors['mapped']['mean_abs']:.1f} "
+               f"(worst {errors['mapped']['worst']:.0f})")
+    typer.echo(f"card: {out / 'judge.md'}")
 
 
 @app.command("study", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -220,10 +302,7 @@ def study_cmd(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. data=../shared/data/hh-rlhf output_dir=runs/x")] = None,
 ):
     """Run a whole study: evaluation set, training, generation, scoring, metrics and report; rerun to resume."""
-    from alignscope.study import load_study, run_study
-
-    cfg = load_study(config, overrides or [])
-    run_study(cfg, config)
+    run_study(load_study(config, overrides or []), config)
 
 
 def main() -> None:

@@ -7,8 +7,12 @@ suggests the key that was probably meant.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import textwrap
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,13 +22,14 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 from alignscope.io import InputError
 
 T = TypeVar("T")
-_STRICT = ConfigDict(extra="forbid")
+# unknown keys are errors; so are NaN and infinity, which no setting of ours means
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ConfigError(InputError):
-    def __init__(self, source: str, problems: list[str]):
+    def __init__(self, source: str, problems: list[str], where: str = "in the config"):
         self.problems = problems
-        head = f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the config"
+        head = f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''} {where}"
         super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
 
 
@@ -69,7 +74,7 @@ def load_yaml(path: str | Path) -> tuple[dict, yaml.Node | None]:
     return data, node
 
 
-def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+def line_of(node: yaml.Node | None, loc: tuple) -> int | None:
     """YAML line of the deepest node along `loc` that exists."""
     line = None
     for key in loc:
@@ -98,33 +103,77 @@ def _known_keys(cls: type, loc: tuple) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)] if cls and dataclasses.is_dataclass(cls) else []
 
 
-def _describe(err: dict, cls: type) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    path = ".".join(str(p) for p in loc) or "(top level)"
+def _describe(err: dict, cls: type, loc: tuple) -> str:
     kind = err["type"]
     if kind == "unexpected_keyword_argument" or kind == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _known_keys(cls, loc), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
         known = _known_keys(cls, loc)
-        return f"{path}: unknown key{hint}" + ("" if close else f" (known keys: {', '.join(known)})")
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        return "unknown key" + (f"; did you mean {close[0]!r}?" if close else f" (known keys: {', '.join(known)})")
     if kind == "missing" or kind == "missing_argument":
-        return f"{path}: missing; this field is required"
+        return "missing; this field is required"
     got = err.get("input")
     got_text = f", got {got!r}" if not isinstance(got, dict) and got is not None else ""
-    return f"{path}: {err['msg'].lower()}{got_text}"
+    return f"{err['msg'].lower()}{got_text}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: where (YAML line, field path) and what."""
+
+    line: int | None
+    loc: tuple
+    message: str
+
+    @property
+    def path(self) -> str:
+        return ".".join(str(p) for p in self.loc) or "(top level)"
+
+    def __str__(self) -> str:
+        return (f"line {self.line}, " if self.line else "") + f"{self.path}: {self.message}"
+
+
+def config_problems(cls: type, data: dict, node: yaml.Node | None = None) -> list[Problem]:
+    """Everything wrong with `data` as a `cls`, in line order."""
+    _forbid_extra(cls)
+    try:
+        TypeAdapter(cls).validate_python(data)
+    except ValidationError as e:
+        found = []
+        for err in e.errors():
+            # pydantic adds steps of its own (validators, union members) to a location
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            found.append(Problem(line_of(node, loc), loc, _describe(err, cls, loc)))
+        return sorted(set(found), key=lambda p: (p.line or 0, p.path))
+    return []
 
 
 def parse_config(cls: type[T], data: dict, source: str = "config", node: yaml.Node | None = None) -> T:
     """Validate `data` into `cls`, raising one ConfigError that lists every problem."""
-    _forbid_extra(cls)
+    problems = config_problems(cls, data, node)
+    if problems:
+        raise ConfigError(source, [str(p) for p in problems])
+    return TypeAdapter(cls).validate_python(data)
+
+
+def validated(obj: T, source: str | None = None) -> T:
+    """A config built in Python, checked as strictly as one read from YAML."""
+    return parse_config(type(obj), dataclasses.asdict(obj), source or type(obj).__name__)
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal under it), for --help and the README."""
     try:
-        return TypeAdapter(cls).validate_python(data)
-    except ValidationError as e:
-        found = []
-        for err in e.errors():
-            line = _line_of(node, err["loc"])
-            found.append((line or 0, (f"line {line}, " if line else "") + _describe(err, cls)))
-        raise ConfigError(source, [text for _, text in sorted(found)]) from None
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
 
 
 def load_config(cls: type[T], path: str | Path, overrides: list[str] = ()) -> T:
@@ -145,9 +194,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             child = target.get(part)
             target[part] = dict(child) if isinstance(child, dict) else {}
             target = target[part]
-        target[parts[-1]] = yaml.safe_load(raw) if raw else None
+        target[parts[-1]] = parse_override_value(item, raw)
     return data
 
 
-def to_dict(obj: Any) -> dict:
-    return dataclasses.asdict(obj)
+def parse_override_value(item: str, raw: str) -> Any:
+    if not raw:
+        return None
+    try:
+        return yaml.safe_load(raw)
+    except yaml.constructor.ConstructorError as e:
+        raise InputError(f"override {item!r}: {e.problem}; values are plain YAML (numbers, strings, lists, "
+                         "mappings), and tags such as !!python are not allowed") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"override {item!r}: the value is not valid YAML ({getattr(e, 'problem', None) or e}); "
+                         "quote it, e.g. key='a: b'") from None

@@ -16,13 +16,16 @@ import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Annotated, Iterator, Literal, get_args
+
+from pydantic import Field
 
 from alignscope.io import InputError, read_json, sha256_file
 
 HUB_DATASET = "Anthropic/hh-rlhf"
-SUBSETS = ("harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled")
-SPLITS = ("train", "test")
+Subset = Literal["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
+Split = Literal["train", "test"]
+SUBSETS, SPLITS = get_args(Subset), get_args(Split)
 HUMAN = "\n\nHuman:"
 ASSISTANT = "\n\nAssistant:"
 _TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -34,8 +37,8 @@ class DataConfig:
 
     source: str = "hub"
     """`hub` (Anthropic/hh-rlhf) or a local folder in the official layout."""
-    subsets: list[str] = field(default_factory=lambda: ["harmless-base", "helpful-base"])
-    split: str = "train"
+    subsets: list[Subset] = field(default_factory=lambda: ["harmless-base", "helpful-base"])
+    split: Split = "train"
     revision: str | None = None
     """Hub revision (commit or tag) to pin; recorded in the data manifest."""
     strict: bool = True
@@ -43,7 +46,7 @@ class DataConfig:
     drop_identical: bool = False
     drop_empty: bool = False
     drop_duplicate_prompts: bool = False
-    limit: int | None = None
+    limit: Annotated[int, Field(ge=1)] | None = None
     """Keep at most this many pairs per subset, in file order, after filtering."""
     exclude_prompts_of: str | None = None
     """An evaluation set JSON: pairs whose dialogue prefix matches one of its prompts are left out."""
@@ -262,6 +265,17 @@ def load_pairs(cfg: DataConfig, excluded_prompts: set[str] | None = None) -> Loa
         "pairs": len(all_pairs),
     }
     return LoadedData(all_pairs, summary)
+
+
+def data_fingerprint(cfg: DataConfig) -> dict:
+    """The data settings with each path replaced by what it holds: the same rows read from
+    another folder, or the hub's copy of the same files, fingerprint alike."""
+    d = asdict(cfg)
+    d["source"] = [sha256_file(resolve_file(cfg.source, subset, cfg.split, cfg.revision)) for subset in cfg.subsets]
+    d.pop("revision")  # the files' hashes already say which revision they are
+    if cfg.exclude_prompts_of:
+        d["exclude_prompts_of"] = sorted(evalset_prompts(cfg.exclude_prompts_of))
+    return d
 
 
 def evalset_prompts(path: str | Path) -> set[str]:

@@ -13,10 +13,13 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from alignscope import __version__
-from alignscope.data import HHPair, load_subset, paper_prompt
+from alignscope.config import validated
+from alignscope.data import HHPair, Split, Subset, load_subset, paper_prompt
 from alignscope.io import InputError, atomic_write_json, read_json
 
 PromptFormat = Literal["paper", "hh"]
@@ -28,17 +31,18 @@ class EvalsetConfig:
 
     data: str = "hub"
     """`hub` or a local HH-RLHF folder."""
-    seed: int = 100
-    n_harmful: int = 50
-    n_helpful: int = 50
+    seed: Annotated[int, Field(ge=0)] = 100
+    """Python's random.Random(seed) draws both samples (a negative seed would draw what its absolute value does)."""
+    n_harmful: Annotated[int, Field(ge=1)] = 50
+    n_helpful: Annotated[int, Field(ge=1)] = 50
     keywords: list[str] = field(default_factory=lambda: ["kill", "murder", "rape"])
     all: bool = False
     """Every matching harmful prompt and every helpful prompt, in file order, instead of a sample."""
     format: PromptFormat = "hh"
     """`paper`: ends at the Human turn, as the study did; `hh`: ends with "\\n\\nAssistant:"."""
-    harmful_subset: str = "harmless-base"
-    helpful_subset: str = "helpful-base"
-    split: str = "test"
+    harmful_subset: Subset = "harmless-base"
+    helpful_subset: Subset = "helpful-base"
+    split: Split = "test"
     revision: str | None = None
 
 
@@ -58,11 +62,15 @@ def _sample(rng: random.Random, rows: list[HHPair], n: int, what: str) -> list[H
 
 
 def build_evalset(cfg: EvalsetConfig) -> dict:
-    if not cfg.keywords:
+    cfg = validated(cfg, "evalset")
+    if not [k for k in cfg.keywords if k]:
         raise InputError("keywords: give at least one keyword to pick harmful prompts")
     harmless, harmless_info = load_subset(cfg.data, cfg.harmful_subset, cfg.split, revision=cfg.revision)
     helpful, helpful_info = load_subset(cfg.data, cfg.helpful_subset, cfg.split, revision=cfg.revision)
-    matching = [p for p in harmless if any(k in p.chosen_dialogue for k in cfg.keywords)]
+    matching = [p for p in harmless if any(k and k in p.chosen_dialogue for k in cfg.keywords)]
+    if not matching:
+        raise InputError(f"keywords {cfg.keywords}: no {cfg.harmful_subset}/{cfg.split} dialogue contains any of "
+                         f"them (a case-sensitive substring test), so there would be no harmful prompts")
     if cfg.all:
         harmful_rows, helpful_rows = matching, helpful
     else:

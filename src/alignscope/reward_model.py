@@ -2,7 +2,7 @@
 with TRL's RewardTrainer on HH-RLHF preference pairs.
 
 It judges when the OpenAssistant DeBERTa model cannot be had (no hub). Its pairs
-are encoded exactly as the scorer encodes them (`tokenizer(prompt, reply)`, the
+are encoded exactly as the judge encodes them (`tokenizer(prompt, reply)`, the
 prompt cut from its start), its held-out accuracy is measured on dialogues it
 never saw, and it records the dialogues it trained on so that `score` can refuse
 an evaluation set that shares one.
@@ -14,28 +14,33 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
-from alignscope.config import load_config
-from alignscope.data import DataConfig, HHPair, first_human_turn, load_pairs
-from alignscope.io import InputError, atomic_write_json, read_json, sha256_json
-from alignscope.score import RM_MANIFEST, ScoreConfig, encode_pair, score_pairs
+from pydantic import Field
+
+from alignscope.config import load_config, validated
+from alignscope.data import DataConfig, HHPair, data_fingerprint, first_human_turn, load_pairs
+from alignscope.io import InputError, atomic_folder, atomic_write_json, read_json, sha256_json
+from alignscope.judge import RM_MANIFEST, encode_pair, rate_encoded
+from alignscope.models import choose_precision, model_fingerprint, resolve_model
+from alignscope.provenance import package_versions
+from alignscope.train import CADENCE, TrainingSettings, common_trl_args
 
 # OpenAssistant/reward-model-deberta-v3-large-v2's accuracy on Anthropic HH pairs, from its model card.
 OPENASSISTANT_HH_ACCURACY = 0.69
 
 
 @dataclass
-class RewardTrainingSettings:
-    epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 5e-5
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    seed: int = 42
-    logging_steps: int = 10
+class RewardTrainingSettings(TrainingSettings):
+    """The training settings (same fields) with a reward model's defaults: a fresh head wants a
+    higher learning rate and a short warm-up; batches in random order; fp32 everywhere."""
+
+    learning_rate: Annotated[float, Field(gt=0)] = 5e-5
+    per_device_batch_size: Annotated[int, Field(ge=1)] = 16
+    gradient_accumulation_steps: Annotated[int, Field(ge=1)] = 1
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    group_by_length: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
 
 
 @dataclass
@@ -46,7 +51,7 @@ class RewardModelConfig:
     backbone: str = "all-minilm-l6-v2"
     """Encoder or LM: hub id, folder, or packaged name (all-minilm-l6-v2 is the offline default)."""
     data: DataConfig = field(default_factory=DataConfig)
-    heldout_fraction: float = 0.1
+    heldout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
     """Share of dialogues (grouped by opening turn) kept out of training to measure accuracy."""
     training: RewardTrainingSettings = field(default_factory=RewardTrainingSettings)
     allow_pickle: bool = False
@@ -54,6 +59,17 @@ class RewardModelConfig:
 
 def load_rm_config(path, overrides=()) -> RewardModelConfig:
     return load_config(RewardModelConfig, path, overrides)
+
+
+def rm_config_hash(cfg: RewardModelConfig) -> str:
+    """What decides the reward model, by content (not where its data or backbone lie)."""
+    d = asdict(validated(cfg))
+    d.pop("output_dir")
+    for key in CADENCE:
+        d["training"].pop(key)
+    d["backbone"] = model_fingerprint(resolve_model(cfg.backbone, cfg.allow_pickle))
+    d["data"] = data_fingerprint(cfg.data)
+    return sha256_json(d)
 
 
 def split_heldout(pairs: list[HHPair], fraction: float, seed: int) -> tuple[list[HHPair], list[HHPair]]:
@@ -66,25 +82,52 @@ def split_heldout(pairs: list[HHPair], fraction: float, seed: int) -> tuple[list
 
 
 def pair_accuracy(model, tokenizer, pairs: list[HHPair], max_length: int) -> float:
-    cfg = ScoreConfig(max_length=max_length)
-    chosen = score_pairs(model, tokenizer, [p.prompt for p in pairs], [p.chosen for p in pairs], cfg)
-    rejected = score_pairs(model, tokenizer, [p.prompt for p in pairs], [p.rejected for p in pairs], cfg)
+    """Share of pairs whose chosen reply the model rates above the rejected one."""
+    def rate(replies: list[str]) -> list[float]:
+        encoded = [encode_pair(tokenizer, p.prompt, r, max_length).ids for p, r in zip(pairs, replies)]
+        return rate_encoded(model, encoded, tokenizer.pad_token_id or 0, batch_size=8)
+
+    chosen, rejected = rate([p.chosen for p in pairs]), rate([p.rejected for p in pairs])
     return sum(c > r for c, r in zip(chosen, rejected)) / max(len(pairs), 1)
+
+
+def load_backbone(cfg: RewardModelConfig):
+    """The backbone with a fresh one-logit head (seeded), and its tokenizer."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    resolved = resolve_model(cfg.backbone, cfg.allow_pickle)
+    tokenizer = AutoTokenizer.from_pretrained(resolved)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(cfg.training.seed)  # the new head's initial weights
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolved, num_labels=1, dtype=torch.float32, use_safetensors=None if cfg.allow_pickle else True)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, resolved
+
+
+def fit(cfg: RewardModelConfig, model, tokenizer, pairs: list[HHPair], checkpoints: Path):
+    """TRL's RewardTrainer on (chosen, rejected) pairs encoded as the judge encodes them."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    t = cfg.training
+    encode = lambda p, reply: encode_pair(tokenizer, p.prompt, reply, t.max_length).ids  # noqa: E731
+    dataset = Dataset.from_dict({"chosen_ids": [encode(p, p.chosen) for p in pairs],
+                                 "rejected_ids": [encode(p, p.rejected) for p in pairs]})
+    args = RewardConfig(**common_trl_args(t, choose_precision(t.precision), checkpoints), save_strategy="no")
+    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train()
+    return trainer
 
 
 def train_reward_model(cfg: RewardModelConfig) -> dict:
     """Train, measure held-out accuracy, save `output_dir/model` with its manifest. Skips a finished run."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RewardConfig, RewardTrainer
-
-    from alignscope.models import resolve_model
-    from alignscope.train import _save_folder, package_versions
-
+    cfg = validated(cfg, "reward model")
     out = Path(cfg.output_dir)
     manifest_path = out / "model" / RM_MANIFEST
-    digest = sha256_json(asdict(cfg))
+    digest = rm_config_hash(cfg)
     if manifest_path.is_file():
         manifest = read_json(manifest_path)
         if manifest.get("config_hash") == digest:
@@ -95,35 +138,15 @@ def train_reward_model(cfg: RewardModelConfig) -> dict:
     if not train_pairs or not heldout:
         raise InputError(f"data: {len(loaded.pairs)} pairs leave {len(train_pairs)} to train on and "
                          f"{len(heldout)} held out; use more rows or another heldout_fraction")
-    resolved = resolve_model(cfg.backbone, cfg.allow_pickle)
-    tokenizer = AutoTokenizer.from_pretrained(resolved)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(cfg.training.seed)  # the new head's initial weights
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolved, num_labels=1, dtype=torch.float32, use_safetensors=None if cfg.allow_pickle else True)
-    model.config.pad_token_id = tokenizer.pad_token_id
-
-    t = cfg.training
-    encode = lambda p, reply: encode_pair(tokenizer, p.prompt, reply, t.max_length)  # noqa: E731
-    dataset = Dataset.from_dict({"chosen_ids": [encode(p, p.chosen) for p in train_pairs],
-                                 "rejected_ids": [encode(p, p.rejected) for p in train_pairs]})
+    model, tokenizer, resolved = load_backbone(cfg)
     started = time.time()
-    accuracy_before = pair_accuracy(model, tokenizer, heldout, t.max_length)
-    args = RewardConfig(
-        output_dir=str(out / "checkpoints"), num_train_epochs=t.epochs, max_steps=t.max_steps,
-        learning_rate=t.learning_rate, per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
-        weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio, seed=t.seed, data_seed=t.seed,
-        bf16=False, use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
-        logging_steps=t.logging_steps, save_strategy="no", report_to="none", dataloader_pin_memory=False)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
+    accuracy_before = pair_accuracy(model, tokenizer, heldout, cfg.training.max_length)
+    trainer = fit(cfg, model, tokenizer, train_pairs, out / "checkpoints")
     model = trainer.model.eval()
-    accuracy = pair_accuracy(model, tokenizer, heldout, t.max_length)
     manifest = {
         "config": asdict(cfg), "config_hash": digest, "backbone": resolved,
-        "heldout_accuracy": accuracy, "heldout_accuracy_before_training": accuracy_before,
+        "heldout_accuracy": pair_accuracy(model, tokenizer, heldout, cfg.training.max_length),
+        "heldout_accuracy_before_training": accuracy_before,
         "heldout_pairs": len(heldout), "trained_pairs": len(train_pairs),
         "openassistant_hh_accuracy": OPENASSISTANT_HH_ACCURACY,
         "trained_rows": [p.id for p in train_pairs], "heldout_rows": [p.id for p in heldout],
@@ -137,5 +160,5 @@ def train_reward_model(cfg: RewardModelConfig) -> dict:
         tokenizer.save_pretrained(folder)
         atomic_write_json(folder / RM_MANIFEST, manifest)
 
-    _save_folder(out / "model", write)
+    atomic_folder(out / "model", write)
     return manifest

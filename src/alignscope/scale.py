@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from alignscope.metrics import MetricsConfig, helpful_flags, load_rated_dir
-from alignscope.report import display, fmt, fmt_p, fmt_rate, table
+from alignscope.answers import RatedModel
+from alignscope.io import finite_or_none
+from alignscope.metrics import SIGNIFICANCE, MetricsConfig, helpful_flags
+from alignscope.markdown import display, fmt, fmt_p, fmt_rate, p_is, table
 
 
 def paired_change(before: np.ndarray, after: np.ndarray, cfg: MetricsConfig) -> dict:
@@ -26,36 +28,42 @@ def paired_change(before: np.ndarray, after: np.ndarray, cfg: MetricsConfig) -> 
                           paired=True, confidence_level=cfg.confidence, n_resamples=cfg.bootstrap_resamples,
                           method="percentile", rng=np.random.default_rng(cfg.seed))
     return {"change": 100.0 * (after.mean() - before.mean()),
-            "ci95": [float(res.confidence_interval.low), float(res.confidence_interval.high)]}
+            "ci": [float(res.confidence_interval.low), float(res.confidence_interval.high)]}
 
 
-def scale_analysis(per_base: dict, params: dict, rated_dirs: dict, cfg: MetricsConfig) -> dict:
+def scale_analysis(per_base: dict, params: dict, rated: dict[str, list[RatedModel]], cfg: MetricsConfig) -> dict:
+    """Per base model (smallest first): each variant's rates, and the base -> DPO (and -> SFT+DPO)
+    change in HpR with its interval, its test (p and the base's own Benjamini-Hochberg q, the
+    rule every report uses) and retention; across sizes, the trend of that change."""
     sizes = sorted(per_base, key=lambda name: params[name])
     rows, deltas = [], {}
     for name in sizes:
         metrics = per_base[name]
-        models = {m.name: m for m in load_rated_dir(rated_dirs[name])}
-        flags = {v: helpful_flags(m.ratings("helpful"), cfg) for v, m in models.items()}
+        flags = {m.name: helpful_flags(m.ratings("helpful"), cfg) for m in rated[name]}
         row = {"base": name, "parameters": params[name], "variants": {}}
         for v, m in metrics["models"].items():
-            row["variants"][v] = {"HpR": m["HpR"], "HpR_ci95": m["HpR_ci95"], "HmR": m["HmR"],
-                                  "HmR_ci95": m["HmR_ci95"], "mean_helpful_reward": m["mean_reward"]["helpful"],
-                                  "mean_helpful_reward_ci95": m["mean_reward_ci95"]["helpful"]}
+            row["variants"][v] = {"HpR": m["HpR"], "HpR_ci": m["HpR_ci"], "HmR": m["HmR"],
+                                  "HmR_ci": m["HmR_ci"], "mean_helpful_reward": m["mean_reward"]["helpful"],
+                                  "mean_helpful_reward_ci": m["mean_reward_ci"]["helpful"]}
         for after in [v for v in ("dpo", "sftdpo") if v in flags]:
             change = paired_change(flags["base"], flags[after], cfg)
             test = next(t for t in metrics["paired_tests"] if t["metric"] == "HpR" and {t["a"], t["b"]} == {"base", after})
             retained = next((r for r in metrics["retention"] if r["before"] == "base" and r["after"] == after), None)
-            row[f"base_to_{after}"] = {**change, "p_value": test["p_value"], "retention": retained}
+            row[f"base_to_{after}"] = {**change, "p_value": test["p_value"], "q_value": test["q_value"],
+                                       "retention": retained}
             deltas.setdefault(after, []).append(change["change"])
         rows.append(row)
     trends = {}
     for after, values in deltas.items():
         if len(values) >= 3:
             fit = stats.linregress([math.log10(params[n]) for n in sizes], values)
-            trends[after] = {"slope_per_decade": fit.slope, "p_value": fit.pvalue, "r": fit.rvalue,
-                             "sizes": len(values)}
-    return {"rows": rows, "trend": trends, "method": "change = HpR(after) - HpR(base) on the same prompts, "
-            "percentile bootstrap over prompts; trend = least-squares slope of the change on log10(parameters) "
+            # a change equal at every size leaves r and p undefined: null, and said so in the report
+            trends[after] = {"slope_per_decade": finite_or_none(fit.slope), "p_value": finite_or_none(fit.pvalue),
+                             "r": finite_or_none(fit.rvalue), "sizes": len(values)}
+    return {"rows": rows, "trend": trends, "confidence": cfg.confidence,
+            "method": "change = HpR(after) - HpR(base) on the same prompts, "
+            "percentile bootstrap over prompts; significance: Benjamini-Hochberg q of the base's exact McNemar "
+            f"tests, q < {SIGNIFICANCE}; trend = least-squares slope of the change on log10(parameters) "
             "(scipy.stats.linregress)"}
 
 
@@ -77,7 +85,7 @@ def scale_figure(analysis: dict, path: Path) -> None:
                               ("HpR %", "HmR %", "mean reward, helpful prompts")):
         for i, v in enumerate(variants):
             y = np.array([r["variants"][v][key] for r in rows])
-            ci = np.array([r["variants"][v][f"{key}_ci95"] for r in rows])
+            ci = np.array([r["variants"][v][f"{key}_ci"] for r in rows])
             shift = x * (1 + 0.04 * (i - len(variants) / 2))  # keep the bars apart on the log axis
             ax.errorbar(shift, y, yerr=[y - ci[:, 0], ci[:, 1] - y], marker="o", capsize=3, label=display(v))
         ax.set_xscale("log")
@@ -90,13 +98,13 @@ def scale_figure(analysis: dict, path: Path) -> None:
         key = f"base_to_{after}"
         if all(key in r for r in rows):
             y = np.array([r[key]["change"] for r in rows])
-            ci = np.array([r[key]["ci95"] for r in rows])
+            ci = np.array([r[key]["ci"] for r in rows])
             ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], marker="s", capsize=3,
                         label=f"Base -> {display(after)}")
     ax.axhline(0, color="grey", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("parameters")
-    ax.set_title("HpR change from Base (points, 95% CI)")
+    ax.set_title(f"HpR change from Base (points, {analysis['confidence']:.0%} CI)")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
@@ -107,8 +115,9 @@ def scale_figure(analysis: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def scale_markdown(cfg, per_base: dict, analysis: dict, out: Path) -> str:
-    scale_figure(analysis, out / "figures" / "scale.png")
+def scale_markdown(title: str, study: str, analysis: dict) -> str:
+    """The overview report of a study over several base models (its figure: `scale_figure`)."""
+    level = f"{analysis['confidence']:.0%}"
     rows = []
     for r in analysis["rows"]:
         v = r["variants"]
@@ -117,36 +126,52 @@ def scale_markdown(cfg, per_base: dict, analysis: dict, out: Path) -> str:
             ret = d["retention"]
             rows.append([r["base"], _params_text(r["parameters"]), display(after),
                          f"{fmt_rate(v['base']['HpR'])} -> {fmt_rate(v[after]['HpR'])}",
-                         f"{fmt(d['change'], 1, sign=True)} [{fmt(d['ci95'][0], 1)}, {fmt(d['ci95'][1], 1)}]",
-                         fmt_p(d["p_value"]),
+                         f"{fmt(d['change'], 1, sign=True)} [{fmt(d['ci'][0], 1)}, {fmt(d['ci'][1], 1)}]",
+                         fmt_p(d["p_value"]), fmt_p(d["q_value"]),
                          f"{fmt(100 * ret['per_prompt'], 0)}%" if ret and ret["helpful_before"] else "n/a",
                          f"{fmt_rate(v['base']['HmR'])} -> {fmt_rate(v[after]['HmR'])}",
                          f"{fmt(v['base']['mean_helpful_reward'])} -> {fmt(v[after]['mean_helpful_reward'])}"])
-    lines = [f"# {cfg.report.title}: does a larger base model lose less helpfulness after DPO?", "",
-             f"Study `{cfg.name}`: {len(per_base)} base models; each one's full report is under `reports/<base>/`.", "",
+    lines = [f"# {title}: does a larger base model lose less helpfulness after DPO?", "",
+             f"Study `{study}`: {len(analysis['rows'])} base models; each one's full report is under "
+             "`reports/<base>/`.", "",
              "## Scale table", "",
-             table(["base", "parameters", "after", "HpR % base -> after", "HpR change, points [95% CI]",
-                    "p (exact McNemar)", "helpful answers kept (per prompt)", "HmR % base -> after",
+             table(["base", "parameters", "after", "HpR % base -> after", f"HpR change, points [{level} CI]",
+                    "p (exact McNemar)", "q (BH)", "helpful answers kept (per prompt)", "HmR % base -> after",
                     "mean helpful reward base -> after"], rows), "",
              "![HpR, HmR and mean helpful reward against parameter count](figures/scale.png)", "",
              "## What the data supports", ""]
+    lines += size_findings(analysis) + trend_findings(analysis)
+    lines += ["", f"Method: {analysis['method']}.", ""]
+    return "\n".join(lines)
+
+
+def size_findings(analysis: dict) -> list[str]:
+    out = []
     for r in analysis["rows"]:
         d = r.get("base_to_dpo")
         if d:
-            verdict = ("a change the paired test supports" if d["p_value"] < 0.05 else
+            verdict = ("a change the paired test supports" if d["q_value"] < SIGNIFICANCE else
                        "a change the data cannot tell from no change")
-            lines.append(f"- {r['base']} ({_params_text(r['parameters'])}): HpR {fmt(d['change'], 1, sign=True)} "
-                         f"points after DPO [{fmt(d['ci95'][0], 1)}, {fmt(d['ci95'][1], 1)}], p = "
-                         f"{fmt_p(d['p_value'])}: {verdict}.")
+            out.append(f"- {r['base']} ({_params_text(r['parameters'])}): HpR {fmt(d['change'], 1, sign=True)} "
+                       f"points after DPO [{fmt(d['ci'][0], 1)}, {fmt(d['ci'][1], 1)}], {p_is('p', d['p_value'])}, "
+                       f"{p_is('q', d['q_value'])}: {verdict}.")
+    return out
+
+
+def trend_findings(analysis: dict) -> list[str]:
+    out = []
     for after, t in analysis["trend"].items():
+        if t["p_value"] is None:
+            out.append(f"- Across the {t['sizes']} sizes, the HpR change Base -> {display(after)} is the same at "
+                       "every size: no trend can be estimated.")
+            continue
         direction = "less" if t["slope_per_decade"] > 0 else "more"
-        lines.append(f"- Across the {t['sizes']} sizes, the HpR change Base -> {display(after)} moves by "
-                     f"{fmt(t['slope_per_decade'], 1, sign=True)} points per tenfold increase in parameters "
-                     f"(r = {fmt(t['r'])}, p = {fmt_p(t['p_value'])}): "
-                     + (f"larger models lose {direction} helpfulness, a trend the fit supports"
-                        if t["p_value"] < 0.05 else
-                        "no trend the data supports; with this few sizes only a steep one could show"))
+        out.append(f"- Across the {t['sizes']} sizes, the HpR change Base -> {display(after)} moves by "
+                   f"{fmt(t['slope_per_decade'], 1, sign=True)} points per tenfold increase in parameters "
+                   f"(r = {fmt(t['r'])}, {p_is('p', t['p_value'])}): "
+                   + (f"larger models lose {direction} helpfulness, a trend the fit supports"
+                      if t["p_value"] < SIGNIFICANCE else
+                      "no trend the data supports; with this few sizes only a steep one could show"))
     if not analysis["trend"]:
-        lines.append("- Fewer than three sizes: no trend can be tested.")
-    lines += ["", f"Method: {analysis['method']}.", ""]
-    return "\n".join(lines)
+        out.append("- Fewer than three sizes: no trend can be tested.")
+    return out

@@ -1,212 +1,61 @@
-"""The study runner: one config file to the whole study.
+"""The study runner: one config file to the whole study, as a list of declared stages.
 
-  data -> evaluation set -> (judge) -> for each base model: train its variants ->
-  generate -> score -> metrics -> report
+  evaluation set -> (judge) -> for each base model: train its variants ->
+  generate -> score -> report -> (overview over base models) -> manifest
 
-Every stage writes its outputs atomically and records the hash of its inputs in
-`stages.json`; a stage whose outputs exist with the same input hash is skipped,
-and one killed midway resumes (training from its last checkpoint, generation and
-scoring from the cache, which they fill answer by answer). A run manifest
-records the resolved config, versions, git commit, data and model hashes, seeds,
-devices and timings.
+Each stage names what decides its outputs, the outputs, and the work (see
+`stages`); a stage whose outputs exist under the same key is skipped, and one
+killed midway resumes (training from its last checkpoint, generation and
+scoring from the cache, which they fill answer by answer). Every file a stage
+reads is named by the config, never found by a glob, so files left by an
+earlier run with other variants are never read.
 """
 
 from __future__ import annotations
 
-import os
-import platform
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
-from alignscope.config import ConfigError, apply_overrides, load_yaml, parse_config
-from alignscope.evalset import EvalsetConfig
-from alignscope.generate import GenerateConfig
-from alignscope.io import InputError, atomic_write_json, atomic_write_text, read_json, sha256_file, sha256_json
-from alignscope.metrics import MetricsConfig
-from alignscope.report import ReportConfig
-from alignscope.score import DEFAULT_SCORER
+import yaml
 
-VARIANTS = ("base", "sft", "dpo", "sftdpo")
-Variant = Literal["base", "sft", "dpo", "sftdpo"]
+from alignscope.agreement import judge_agreement, judge_record, write_card
+from alignscope.answers import CATEGORIES, answer_filename, load_rated_dir, load_rated_files
+from alignscope.cache import ResultCache
+from alignscope.config import parse_config
+from alignscope.data import first_human_turn, resolve_file
+from alignscope.distill import DistillConfig, distill_hash, train_judge
+from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
+from alignscope.generate import answer_evalset, answer_files_of, write_answer_files
+from alignscope.io import atomic_write_json, atomic_write_text, read_json, sha256_file
+from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fingerprint
+from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
+from alignscope.models import cache_dir, count_parameters, model_fingerprint, resolve_model
+from alignscope.provenance import study_manifest, trained_model_record
+from alignscope.report import (FIGURE_FILES, SCHEMES, ReportConfig, answers_section, artifact_index, beside_reference,
+                               judge_section, study_notes, timings_table, worst_cell_errors, write_report)
+from alignscope.reward_model import RM_MANIFEST, RewardModelConfig, rm_config_hash, train_reward_model
+from alignscope.scale import scale_analysis, scale_figure, scale_markdown
+from alignscope.score import ScoreConfig, rate_files, rated_paths
+from alignscope.stages import Stage, StageLog
+from alignscope.study_config import (VARIANT_INDEX, VARIANTS, BaseModelConfig, StudyConfig, as_override,
+                                     load_study, resolve_path, trained_variants, variant_overrides)
+from alignscope.train import load_recipe, recipe_hash, train
 
+__all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
 
-@dataclass
-class VariantTraining:
-    """How one variant is trained: a recipe file and overrides of its fields."""
-
-    recipe: str
-    set: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class BaseModelConfig:
-    name: str
-    """Short name used in file names and tables (letters, digits, '-', '.')."""
-    model: str
-    """Hub id, local folder, or packaged name."""
-    parameters: float | None = None
-    """Parameter count for the scale table; counted from the model when left out."""
-    set: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per-variant overrides for this base model only, e.g. {sft: {lora.r: 16}}."""
-
-
-@dataclass
-class JudgeConfig:
-    """The reward model that rates every answer."""
-
-    model: str | None = DEFAULT_SCORER
-    """A reward model used as it is (hub id or folder) ..."""
-    train: dict[str, Any] | None = None
-    """... or one trained first: fields of a reward-model recipe (see configs/recipes/reward-model.yaml)."""
-    max_length: int = 512
-    batch_size: int = 8
+# The code that computes and renders a report is part of its key: rerendering takes a
+# second, and a report left by an older alignscope would otherwise stand beside newer results.
+REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "refusal.py", "report.py", "scale.py")
 
 
-@dataclass
-class StudyConfig:
-    """`alignscope study CONFIG.yaml`: everything the study does."""
-
-    name: str
-    output_dir: str
-    models: list[BaseModelConfig]
-    data: str = "hub"
-    """HH-RLHF for the evaluation set and all training: `hub` or a local folder."""
-    evalset: EvalsetConfig = field(default_factory=EvalsetConfig)
-    variants: list[Variant] = field(default_factory=lambda: list(VARIANTS))
-    train: dict[str, VariantTraining] = field(default_factory=dict)
-    """sft, dpo and sftdpo: each variant's recipe; the runner sets model, output_dir and data.source."""
-    exclude_evalset_from_training: bool = True
-    """Leave out training pairs that share a dialogue with the evaluation set (needed when both come from one split)."""
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
-    allow_pickle: bool = False
+def code_hash(files: tuple[str, ...]) -> list[str]:
+    return [sha256_file(Path(__file__).with_name(f)) for f in files]
 
 
-# --------------------------------------------------------------------------- config
-
-def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
-    """Parse and validate the whole config before any work: every problem at once."""
-    data, node = load_yaml(path)
-    cfg = parse_config(StudyConfig, apply_overrides(data, overrides), str(path), node)
-    problems = study_problems(cfg, Path(path).parent)
-    if problems:
-        raise ConfigError(str(path), problems)
-    return cfg
-
-
-def study_problems(cfg: StudyConfig, base_dir: Path) -> list[str]:
-    """What parse_config cannot see: paths, recipes, names, combinations."""
-    from alignscope.models import PACKAGED
-    from alignscope.train import TrainConfig
-
-    problems = []
-    if cfg.data != "hub" and not Path(cfg.data).is_dir():
-        problems.append(f"data: {cfg.data!r} is neither 'hub' nor an existing folder")
-    names = [m.name for m in cfg.models]
-    if not names:
-        problems.append("models: list at least one base model")
-    if len(set(names)) != len(names):
-        problems.append(f"models: names must differ, got {names}")
-    for i, m in enumerate(cfg.models):
-        if not m.name.replace("-", "").replace(".", "").isalnum():
-            problems.append(f"models[{i}].name: {m.name!r} may use letters, digits, '-' and '.' only")
-        if _looks_local(m.model) and m.model not in PACKAGED and not Path(m.model).is_dir():
-            problems.append(f"models[{i}].model: {m.model!r} is not a folder, a packaged model or a hub id")
-        for variant in m.set:
-            if variant not in ("sft", "dpo", "sftdpo"):
-                problems.append(f"models[{i}].set.{variant}: expected sft, dpo or sftdpo")
-    if "base" not in cfg.variants:
-        problems.append("variants: must include base (every comparison is against it)")
-    if len(set(cfg.variants)) != len(cfg.variants):
-        problems.append(f"variants: listed twice in {cfg.variants}")
-    needed = set(cfg.variants) | ({"sft"} if "sftdpo" in cfg.variants else set())
-    for variant in [v for v in VARIANTS if v in needed and v != "base"]:
-        spec = cfg.train.get(variant)
-        if spec is None:
-            problems.append(f"train.{variant}: missing; give the recipe this variant is trained with")
-            continue
-        recipe = _resolve(spec.recipe, base_dir)
-        if not recipe.is_file():
-            problems.append(f"train.{variant}.recipe: {spec.recipe!r} not found")
-            continue
-        for m in cfg.models:
-            try:
-                data, _ = load_yaml(recipe)
-                parse_config(TrainConfig, apply_overrides(data, _overrides(spec, m, variant, "model", "out", "hub")),
-                             str(recipe))
-            except InputError as e:
-                problems.append(f"train.{variant} for {m.name}: {e}")
-    if cfg.judge.train is None and not cfg.judge.model:
-        problems.append("judge: give a reward model (judge.model) or a recipe to train one (judge.train)")
-    if cfg.judge.train is not None:
-        from alignscope.reward_model import RewardModelConfig
-
-        try:
-            parse_config(RewardModelConfig, {**cfg.judge.train, "output_dir": "judge"}, "judge.train")
-        except InputError as e:
-            problems.append(str(e))
-    elif cfg.judge.model and _looks_local(cfg.judge.model) and not Path(cfg.judge.model).is_dir():
-        problems.append(f"judge.model: {cfg.judge.model!r} is not a folder or a hub id")
-    return problems
-
-
-def _looks_local(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.count("/") != 1
-
-
-def _resolve(path: str, base_dir: Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() or p.exists() else base_dir / p
-
-
-def _overrides(spec: VariantTraining, model: BaseModelConfig, variant: str, start: str, out: str,
-               data: str) -> list[str]:
-    """key=value overrides for a variant's recipe: the study's choices, then the recipe's own."""
-    sets = {**spec.set, **model.set.get(variant, {})}
-    return ([f"{k}={_yaml_value(v)}" for k, v in sets.items()]
-            + [f"model={start}", f"output_dir={out}", f"data.source={data}"])
-
-
-def _yaml_value(value) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
-
-
-# --------------------------------------------------------------------------- stages
-
-class Stages:
-    """stages.json: each stage's input hash, outputs and time; a rerun skips what matches."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records = read_json(path) if path.is_file() else {}
-        self.timings: list[dict] = []
-
-    def run(self, name: str, inputs, outputs: list[Path], work, quiet: bool = False):
-        digest = sha256_json(inputs)
-        record = self.records.get(name)
-        started = time.time()
-        if record and record["inputs"] == digest and all(p.exists() for p in outputs):
-            self.timings.append({"stage": name, "seconds": 0.0, "status": "skipped (inputs unchanged)"})
-            if not quiet:
-                print(f"[{name}] up to date", flush=True)
-            return record.get("result")
-        if not quiet:
-            print(f"[{name}] running", flush=True)
-        result = work()
-        seconds = round(time.time() - started, 1)
-        self.records[name] = {"inputs": digest, "outputs": [str(p) for p in outputs], "seconds": seconds,
-                              "result": result}
-        atomic_write_json(self.path, self.records)
-        self.timings.append({"stage": name, "seconds": seconds, "status": "ran"})
-        return result
+def judge_name(judge: dict) -> str:
+    return {"distilled": "the distilled judge", "reward model": "the local reward model"}.get(
+        judge["kind"], f"`{judge['model']}`")
 
 
 @dataclass
@@ -216,383 +65,363 @@ class StudyResult:
     timings: list[dict]
 
 
-def run_study(cfg: StudyConfig, config_path: str | Path | None = None, quiet: bool = False) -> StudyResult:
-    from alignscope.cache import ResultCache
-    from alignscope.evalset import build_evalset, load_evalset, write_evalset
-    from alignscope.models import cache_dir
+@dataclass
+class StudyRun:
+    """One run of a study: its config, folders and caches, and what each stage has produced."""
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base_dir = Path(config_path).parent if config_path else Path(".")
-    started = time.time()
-    stages = Stages(out / "stages.json")
-    atomic_write_text(out / "study.yaml", _dump_yaml(asdict(cfg)))
-    gen_cache = ResultCache(cache_dir() / "generations")
-    score_cache = ResultCache(cache_dir() / "scores")
+    cfg: StudyConfig
+    config_path: Path | None = None
+    quiet: bool = False
+    out: Path = field(init=False)
+    stages: StageLog = field(init=False)
+    judge: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)  # (base, variant) -> model spec (folder, packaged name or hub id)
+    trained: dict = field(default_factory=dict)  # (base, variant) -> what training reported
+    answers: dict = field(default_factory=dict)  # (base, variant) -> what generation reported
+    reports: dict = field(default_factory=dict)  # base -> its metrics
 
-    # evaluation set
-    evalset_cfg = EvalsetConfig(**{**asdict(cfg.evalset), "data": cfg.data})
-    evalset_path = out / "evalset.json"
-    stages.run("evalset", {"evalset": asdict(evalset_cfg), "files": _data_hashes(cfg.data, evalset_cfg)},
-               [evalset_path], lambda: str(write_evalset(build_evalset(evalset_cfg), evalset_path)), quiet)
-    evalset = load_evalset(evalset_path)
-    exclude = str(evalset_path) if cfg.exclude_evalset_from_training else None
+    def __post_init__(self):
+        self.out = Path(self.cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.base_dir = self.config_path.parent if self.config_path else Path(".")
+        self.stages = StageLog(self.out / "stages.json", self.quiet)
+        self.evalset_path = self.out / "evalset.json"
+        self.generations = ResultCache(cache_dir() / "generations")
+        self.scores = ResultCache(cache_dir() / "scores")
 
-    # the judge
-    judge_model, judge_info = _judge(cfg, out, exclude, evalset_path, stages, quiet)
+    def run(self) -> StudyResult:
+        started = time.time()
+        atomic_write_text(self.out / "study.yaml", yaml.safe_dump(asdict(self.cfg), sort_keys=False))
+        self.stages.run(self.evalset_stage())
+        self.evalset = load_evalset(self.evalset_path)
+        stage = self.judge_stage()
+        self.judge = self.judge_info(self.stages.run(stage) if stage else None)
+        card = self.card_stage()
+        if card:
+            self.stages.run(card)
+        self.judge_view = self.judge_report()
+        for base in self.cfg.models:
+            self.models[base.name, "base"] = base.model
+            for variant in trained_variants(self.cfg.variants):
+                self.trained[base.name, variant] = self.stages.run(self.train_stage(base, variant))
+            for variant in self.variants:
+                self.answers[base.name, variant] = self.stages.run(self.generate_stage(base, variant))
+            self.stages.run(self.score_stage(base))
+            self.stages.run(self.report_stage(base))
+            self.reports[base.name] = read_json(self.out / "reports" / base.name / "metrics.json")
+        self.stages.run(self.overview_stage())
+        self.stages.timings.append({"stage": "total", "seconds": round(time.time() - started, 1), "status": ""})
+        atomic_write_json(self.out / "manifest.json", self.manifest())
+        atomic_write_text(self.out / "timings.md", timings_table(self.stages.timings))
+        if not self.quiet:
+            print(timings_table(self.stages.timings))
+            print(f"report: {self.out / 'report.md'}\nmetrics: {self.out / 'metrics.json'}")
+        return StudyResult(self.out, read_json(self.out / "metrics.json"), self.stages.timings)
 
-    per_base, answer_info, train_info = {}, {}, {}
-    to_train = [v for v in VARIANTS if v != "base" and (v in cfg.variants or (v == "sft" and "sftdpo" in cfg.variants))]
-    for base in cfg.models:
-        trained = {"base": base.model}
-        for variant in to_train:  # sft is trained for sftdpo even when it is not evaluated itself
-            trained[variant], train_info[base.name, variant] = _train_variant(
-                cfg, base, variant, trained, exclude, out, base_dir, stages, quiet)
-        answers_dir, rated_dir = out / "answers" / base.name, out / "rated" / base.name
-        for index, variant in enumerate([v for v in VARIANTS if v in cfg.variants], start=1):
-            answer_info[base.name, variant] = _generate(cfg, base, variant, index, trained[variant], evalset,
-                                                        evalset_path, answers_dir, gen_cache, stages, quiet)
-        _score(cfg, base, judge_model, answers_dir, rated_dir, score_cache, stages, quiet)
-        per_base[base.name] = _report(cfg, base, rated_dir, out / "reports" / base.name, answer_info,
-                                      train_info, judge_info, evalset, stages, quiet)
+    @property
+    def variants(self) -> list[str]:
+        return [v for v in VARIANTS if v in self.cfg.variants]
 
-    metrics = _top_report(cfg, out, per_base, stages)
-    total = round(time.time() - started, 1)
-    stages.timings.append({"stage": "total", "seconds": total, "status": ""})
-    atomic_write_json(out / "manifest.json", _manifest(cfg, out, evalset, judge_info, answer_info, stages, config_path))
-    atomic_write_text(out / "timings.md", _timings_table(stages.timings))
-    if not quiet:
-        print(_timings_table(stages.timings))
-        print(f"report: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}")
-    return StudyResult(out, metrics, stages.timings)
+    # ----------------------------------------------------------------------- stages
 
+    def evalset_stage(self) -> Stage:
+        cfg = EvalsetConfig(**{**asdict(self.cfg.evalset), "data": self.cfg.data})
+        files = (["hub", cfg.revision] if cfg.data == "hub" else
+                 [sha256_file(resolve_file(cfg.data, s, cfg.split)) for s in (cfg.harmful_subset, cfg.helpful_subset)])
+        return Stage("evalset", {"evalset": {**asdict(cfg), "data": None}, "files": files}, [self.evalset_path],
+                     lambda: str(write_evalset(build_evalset(cfg), self.evalset_path)))
 
-def _data_hashes(source: str, evalset_cfg: EvalsetConfig) -> list:
-    from alignscope.data import resolve_file
+    def reward_model_config(self) -> RewardModelConfig:
+        """A reward model trained here, on data that shares no dialogue with the evaluation set."""
+        spec = {**self.cfg.judge.train, "output_dir": str(self.out / "judge")}
+        spec["data"] = {**spec.get("data", {}), "source": self.cfg.data}
+        if self.cfg.exclude_evalset_from_training:
+            spec["data"]["exclude_prompts_of"] = str(self.evalset_path)
+        return parse_config(RewardModelConfig, spec, "judge.train")
 
-    if source == "hub":
-        return [source, evalset_cfg.revision]
-    return [sha256_file(resolve_file(source, s, evalset_cfg.split))
-            for s in (evalset_cfg.harmful_subset, evalset_cfg.helpful_subset)]
+    def distill_config(self) -> DistillConfig:
+        """A judge distilled here from the reference's ratings."""
+        spec = {**self.cfg.judge.distill, "output_dir": str(self.out / "judge"), "ratings": self.cfg.reference}
+        return parse_config(DistillConfig, spec, "judge.distill")
 
+    def judge_stage(self) -> Stage | None:
+        """The judge, made here when the config asks for one; None when it is used as it is."""
+        if self.cfg.judge.distill is not None:
+            cfg = self.distill_config()
 
-def _judge(cfg: StudyConfig, out: Path, exclude: str | None, evalset_path: Path, stages: Stages,
-           quiet: bool) -> tuple[str, dict]:
-    if cfg.judge.train is None:
-        return cfg.judge.model, {"model": cfg.judge.model, "trained_here": False}
-    from alignscope.reward_model import RewardModelConfig, train_reward_model
+            def distil() -> dict:
+                record = train_judge(cfg)
+                return {"validation": record["validation"], "backbones": record["backbones"],
+                        "trained_prompts": record["trained_on"]["prompts"], "answers": record["trained_on"]["answers"]}
 
-    spec = {**cfg.judge.train, "output_dir": str(out / "judge")}
-    spec["data"] = {**spec.get("data", {}), "source": cfg.data}
-    if exclude:
-        spec["data"]["exclude_prompts_of"] = exclude
-    rm_cfg = parse_config(RewardModelConfig, spec, "judge.train")
+            return Stage("judge", distill_hash(cfg), [self.out / "judge" / DISTILLED_MANIFEST], distil)
+        if self.cfg.judge.train is not None:
+            rm_cfg = self.reward_model_config()
 
-    def work():
-        manifest = train_reward_model(rm_cfg)
-        return {k: manifest[k] for k in ("heldout_accuracy", "heldout_accuracy_before_training", "heldout_pairs",
-                                        "trained_pairs", "openassistant_hh_accuracy", "backbone")}
+            def fit() -> dict:
+                manifest = train_reward_model(rm_cfg)
+                return {k: manifest[k] for k in ("heldout_accuracy", "heldout_accuracy_before_training",
+                                                 "heldout_pairs", "trained_pairs", "openassistant_hh_accuracy",
+                                                 "backbone")}
 
-    info = stages.run("judge", [asdict(rm_cfg), sha256_file(evalset_path)], [out / "judge" / "model"], work, quiet)
-    return str(out / "judge" / "model"), {**info, "trained_here": True, "model": str(out / "judge" / "model"),
-                                          "split": rm_cfg.data.split, "backbone": rm_cfg.backbone,
-                                          "backbone_path": info["backbone"]}
+            return Stage("judge", rm_config_hash(rm_cfg), [self.out / "judge" / "model" / RM_MANIFEST], fit)
+        return None
 
+    def judge_info(self, made: dict | None) -> dict:
+        """What reports and the manifest say of the judge."""
+        judge = self.cfg.judge
+        if judge.distill is not None:
+            backbones = ", ".join(b["spec"] for b in made["backbones"])
+            return {"model": str(self.out / "judge"), "kind": "distilled", "distilled": made,
+                    "description": f"A **distilled judge**, fitted here to {self.cfg.reference_judge}'s ratings of "
+                                   f"the reference study's {made['answers']} answers (`{self.cfg.reference}`), reading "
+                                   f"frozen features of each answer from `{backbones}`; its ratings are on "
+                                   "that judge's scale, so the thresholds keep their meaning."}
+        if judge.train is not None:
+            rm = self.reward_model_config()
+            return {**made, "trained_here": True, "kind": "reward model", "model": str(self.out / "judge" / "model"),
+                    "split": rm.data.split, "backbone": rm.backbone, "backbone_path": made["backbone"],
+                    "description": f"A **local reward model** (`{rm.backbone}` backbone, trained here with TRL's "
+                                   f"RewardTrainer on {made['trained_pairs']} HH-RLHF {rm.data.split} pairs)."}
+        return {"model": judge.model, "revision": judge.revision, "trained_here": False, "kind": "given",
+                "description": (f"`{judge.model}`, the reference study's own judge." if judge.model == OPENASSISTANT_JUDGE
+                                else f"`{judge.model}`, used as it is.")}
 
-def _train_variant(cfg: StudyConfig, base: BaseModelConfig, variant: str, trained: dict, exclude: str | None,
-                   out: Path, base_dir: Path, stages: Stages, quiet: bool) -> tuple[str, dict]:
-    from alignscope.train import load_recipe, train
+    def card_stage(self) -> Stage | None:
+        """The judge's card against the reference's ratings: a distilled judge's own held-out
+        validation; any other judge's agreement on the reference's answers, rated by it."""
+        if not self.cfg.reference:
+            return None
+        folder = self.out / "judge-card"
+        score_cfg = self.score_config()
+        reference = {"folder": self.cfg.reference, "judge": self.cfg.reference_judge}
 
-    spec = cfg.train[variant]
-    start = trained["sft"] if variant == "sftdpo" else base.model
-    target = out / "models" / base.name / variant
-    overrides = _overrides(spec, base, variant, start, str(target), cfg.data)
-    if exclude:
-        overrides.append(f"data.exclude_prompts_of={exclude}")
-    if cfg.allow_pickle:
-        overrides.append("allow_pickle=true")
-    recipe = load_recipe(_resolve(spec.recipe, base_dir), overrides)
+        def work() -> None:
+            if self.judge["kind"] == "distilled":
+                models = load_rated_dir(self.cfg.reference)
+                card = {"judge": judge_record(score_cfg, models),
+                        "reference": {**reference, "answers": sum(len(m.answers[c]) for m in models for c in CATEGORIES)}}
+            else:
+                card = judge_agreement(score_cfg, self.cfg.reference, self.cfg.metrics, self.cfg.reference_judge,
+                                       self.scores)
+            write_card(card, folder)
 
-    def work():
-        train(recipe)
-        data = read_json(target / "data_manifest.json")
-        return {"steps": read_json(target / "done.json")["global_step"], "rows_trained": data["rows_trained"],
-                "split": recipe.data.split, "subsets": recipe.data.subsets, "method": recipe.method,
-                "lora": recipe.lora is not None}
+        key = [judge_fingerprint(score_cfg.model, score_cfg.allow_pickle, score_cfg.revision),
+               sorted(sha256_file(p) for p in Path(self.cfg.reference).glob("*.json")),
+               self.cfg.reference_judge, asdict(self.cfg.metrics), code_hash(("agreement.py",))]
+        return Stage("judge card", key, [folder / "judge.json", folder / "judge.md"], work)
 
-    # train() itself skips a finished run of the same recipe and resumes a killed one
-    info = stages.run(f"train {base.name}/{variant}", [asdict(recipe), _fingerprint_of(start, cfg)],
-                      [target / "model", target / "done.json"], work, quiet)
-    return str(target / "model"), info
-
-
-def _fingerprint_of(spec: str, cfg: StudyConfig) -> str:
-    from alignscope.models import PACKAGED
-
-    path = Path(spec)
-    if path.is_dir() or spec in PACKAGED:
-        from alignscope.models import model_fingerprint, resolve_model
-
-        return model_fingerprint(resolve_model(spec, cfg.allow_pickle))
-    return spec  # a hub id: its commit is resolved when it is loaded
-
-
-def _generate(cfg, base, variant, index, model_spec, evalset, evalset_path, answers_dir, cache, stages, quiet):
-    from alignscope.generate import answer_evalset, write_answer_files
-
-    def work():
-        bar, tick = _bar(len(evalset["harmful"]) + len(evalset["helpful"]), f"{base.name}/{variant}", quiet)
-        answers, info = answer_evalset(model_spec, evalset, cfg.generate, cache, cfg.allow_pickle, progress=tick)
-        bar.close()
-        write_answer_files(answers_dir, index, variant, answers, info)
+    def judge_report(self) -> dict:
+        """The judge as a study report presents it: its card, which validation covers this study's
+        prompts, and the error below which a difference between models is not a finding."""
+        info = dict(self.judge)
+        card_path = self.out / "judge-card" / "judge.json"
+        if not card_path.is_file():
+            return info
+        card = read_json(card_path)
+        info |= {"card": card, "card_file": "judge-card/judge.md"}
+        validation = card["judge"].get("validation")
+        if validation:
+            trained = {first_human_turn(p) for p in card["judge"]["trained_prompts"]}
+            ours = {first_human_turn(x["prompt"]) for c in CATEGORIES for x in self.evalset[c]}
+            scheme = "leave_one_model_out" if ours <= trained and "leave_one_model_out" in validation \
+                else "leave_prompts_out"
+            info["applies"] = scheme
+            info["applies_why"] = (
+                "This study asks the judge's own prompts (in its own prompt format or another), so leaving each "
+                "model out is the validation that applies: a new model's answers to prompts the judge has seen."
+                if scheme == "leave_one_model_out" else
+                f"{len(ours - trained)} of this study's {len(ours)} prompts are not among the judge's, so leaving "
+                "prompts out is the validation that applies, and it is the weaker of the two.")
+            info["error"] = {**worst_cell_errors(validation[scheme]["judge"]),
+                             "validation": f"{SCHEMES[scheme]} on the reference answers"}
+        elif card.get("errors"):
+            cells = card["errors"]["judge"]["cells"]
+            info["error"] = {k: max(abs(c[k]) for c in cells.values()) for k in ("HmR", "HpR")} | {
+                "validation": "its agreement with the reference judge on the reference answers"}
         return info
 
-    inputs = [_fingerprint_of(model_spec, cfg), sha256_file(evalset_path), asdict(cfg.generate)]
-    outputs = [answers_dir / f"{index}_{variant}_{cat}.json" for cat in ("harmful", "helpful")]
-    return stages.run(f"generate {base.name}/{variant}", inputs, outputs, work, quiet)
+    def train_stage(self, base: BaseModelConfig, variant: str) -> Stage:
+        spec = self.cfg.train[variant]
+        start = self.models[base.name, "sft"] if variant == "sftdpo" else base.model
+        target = self.out / "models" / base.name / variant
+        overrides = [as_override(k, v) for k, v in variant_overrides(spec, base, variant).items()]
+        overrides += [f"model={start}", f"output_dir={target}", f"data.source={self.cfg.data}",
+                      f"revision={base.revision if variant != 'sftdpo' and base.revision else 'null'}"]
+        if self.cfg.exclude_evalset_from_training:
+            overrides.append(f"data.exclude_prompts_of={self.evalset_path}")
+        if self.cfg.allow_pickle:
+            overrides.append("allow_pickle=true")
+        recipe = load_recipe(resolve_path(spec.recipe, self.base_dir), overrides)
+        self.models[base.name, variant] = str(target / "model")
+
+        def work() -> dict:
+            train(recipe)  # itself skips a finished run of the same recipe and resumes a killed one
+            data = read_json(target / "data_manifest.json")
+            return {"steps": read_json(target / "done.json")["global_step"], "rows_trained": data["rows_trained"],
+                    "split": recipe.data.split, "subsets": recipe.data.subsets, "method": recipe.method,
+                    "lora": recipe.lora is not None}
+
+        return Stage(f"train {base.name}/{variant}", recipe_hash(recipe), [target / "model", target / "done.json"],
+                     work)
+
+    def generate_stage(self, base: BaseModelConfig, variant: str) -> Stage:
+        spec = self.models[base.name, variant]
+        revision = base.revision if variant == "base" else None
+        folder = self.out / "answers" / base.name
+        index = VARIANT_INDEX[variant]
+
+        def work() -> dict:
+            bar, tick = progress_bar(len(self.evalset["harmful"]) + len(self.evalset["helpful"]),
+                                     f"{base.name}/{variant}", self.quiet)
+            answers, info = answer_evalset(spec, self.evalset, self.cfg.generate, self.generations,
+                                           self.cfg.allow_pickle, revision, progress=tick)
+            bar.close()
+            write_answer_files(folder, index, variant, answers, info)
+            return info
+
+        key = [model_fingerprint(resolve_model(spec, self.cfg.allow_pickle), revision),
+               sha256_file(self.evalset_path), asdict(self.cfg.generate)]
+        return Stage(f"generate {base.name}/{variant}", key, answer_files_of(folder, index, variant), work)
+
+    def answer_files(self, base: BaseModelConfig, kind: str) -> list[Path]:
+        """This study's own answer (or rated) files of one base model, in variant order."""
+        return [self.out / kind / base.name / answer_filename(VARIANT_INDEX[v], v, c)
+                for v in self.variants for c in CATEGORIES]
+
+    def score_config(self) -> ScoreConfig:
+        judge = self.cfg.judge
+        return ScoreConfig(model=self.judge["model"], max_length=judge.max_length, batch_size=judge.batch_size,
+                           allow_pickle=self.cfg.allow_pickle, revision=self.judge.get("revision"))
+
+    def score_stage(self, base: BaseModelConfig) -> Stage:
+        score_cfg = self.score_config()
+        files = self.answer_files(base, "answers")
+
+        def work() -> dict:
+            bar, tick = progress_bar(sum(len(read_json(p)) for p in files), f"scoring {base.name}", self.quiet)
+            info = rate_files(rated_paths(files), self.out / "rated" / base.name, score_cfg, self.scores, tick)
+            bar.close()
+            return info
+
+        key = [judge_fingerprint(score_cfg.model, score_cfg.allow_pickle, score_cfg.revision),
+               asdict(score_cfg) | {"model": None}, [sha256_file(p) for p in files]]
+        return Stage(f"score {base.name}", key, self.answer_files(base, "rated"), work)
+
+    def report_stage(self, base: BaseModelConfig) -> Stage:
+        files = self.answer_files(base, "rated")
+        folder = self.out / "reports" / base.name
+        metrics_cfg = self.cfg.metrics
+        if metrics_cfg.retention_pairs is None:
+            pairs = [["base", v] for v in self.variants[1:]]
+            pairs += [["sft", "sftdpo"]] if {"sft", "sftdpo"} <= set(self.variants) else []
+            metrics_cfg = MetricsConfig(**{**asdict(self.cfg.metrics), "retention_pairs": pairs})
+        answer_info = {v: {k: self.answers[base.name, v][k] for k in ("answers", "stopped", "empty", "mean_tokens")}
+                       for v in self.variants}
+        train_info = {v: self.trained[base.name, v] for v in self.variants if (base.name, v) in self.trained}
+        notes = study_notes(study=self.cfg.name, base_model=base.model, evalset=self.evalset,
+                            max_new_tokens=self.cfg.generate.max_new_tokens, data=self.cfg.data,
+                            trainings=list(train_info.values()), judge=self.judge)
+        report_cfg = ReportConfig(title=f"{self.cfg.report.title}: {base.name} ({base.model})",
+                                  notes=notes + self.cfg.report.notes, figures=self.cfg.report.figures,
+                                  judge_caveat=self.judge.get("model") == OPENASSISTANT_JUDGE)
+
+        judge = {**self.judge_view, "card_file": f"../../{self.judge_view['card_file']}"} \
+            if self.judge_view.get("card_file") else self.judge_view
+        leading = [judge_section(judge)]
+        if self.cfg.reference:
+            reference = {"judge": self.cfg.reference_judge, "description": f"`{self.cfg.reference}`",
+                         "metrics": compute_metrics(load_rated_dir(self.cfg.reference), self.cfg.metrics)}
+            leading.append(lambda metrics: beside_reference(metrics, reference, judge_name(self.judge)))
+
+        def work() -> None:
+            models = load_rated_files(files)
+            stop_tests = stop_reason_tests(models)
+            extra = {"answers": answer_info, "stop_tests": stop_tests, "judge": judge}
+            write_report(models, folder, metrics_cfg, report_cfg, extra,
+                         [answers_section(self.variants, answer_info, train_info, stop_tests)], leading)
+
+        key = [[sha256_file(p) for p in files], asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info,
+               judge, self.cfg.reference and sorted(sha256_file(p) for p in Path(self.cfg.reference).glob("*.json")),
+               code_hash(REPORT_CODE)]
+        return Stage(f"report {base.name}", key, [folder / "metrics.json", folder / "report.md"], work)
+
+    def overview_stage(self) -> Stage:
+        """report.md and metrics.json at the top of output_dir: the base model's own report when
+        there is one, an overview with the scale analysis when there are several."""
+        reports = {b.name: self.out / "reports" / b.name for b in self.cfg.models}
+        key = [{name: sha256_file(folder / "report.md") for name, folder in reports.items()},
+               [asdict(m) for m in self.cfg.models], asdict(self.cfg.report), code_hash(REPORT_CODE),
+               [str(p.relative_to(self.out)) for p in self.artifacts()]]
+        outputs = [self.out / "report.md", self.out / "metrics.json"]
+        if len(reports) == 1:
+            name, folder = next(iter(reports.items()))
+
+            def single() -> None:
+                text = (folder / "report.md").read_text().replace("](figures/", f"](reports/{name}/figures/")
+                atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
+                atomic_write_json(self.out / "metrics.json", self.reports[name])
+
+            return Stage("overview", key, outputs, single)
+
+        def several() -> None:
+            params = {m.name: m.parameters or count_parameters(m.model, m.revision, self.cfg.allow_pickle)
+                      for m in self.cfg.models}
+            rated = {m.name: load_rated_files(self.answer_files(m, "rated")) for m in self.cfg.models}
+            analysis = scale_analysis(self.reports, params, rated, self.cfg.metrics)
+            scale_figure(analysis, self.out / "figures" / "scale.png")
+            text = scale_markdown(self.cfg.report.title, self.cfg.name, analysis)
+            atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
+            atomic_write_json(self.out / "metrics.json", {"scale": analysis, "models": self.reports,
+                                                          "parameters": params})
+
+        return Stage("overview", key, outputs, several)
+
+    # ----------------------------------------------------------------------- records
+
+    def artifacts(self) -> list[Path]:
+        """The files a reader of the study opens, all declared by the config."""
+        files = [self.out / n for n in ("evalset.json", "study.yaml", "stages.json", "manifest.json", "timings.md")]
+        if self.judge["kind"] == "reward model":
+            files.append(Path(self.judge["model"]) / RM_MANIFEST)
+        elif self.judge["kind"] == "distilled":
+            files.append(Path(self.judge["model"]) / DISTILLED_MANIFEST)
+        if self.cfg.reference:
+            files += [self.out / "judge-card" / "judge.md", self.out / "judge-card" / "judge.json"]
+        for base in self.cfg.models:
+            report = self.out / "reports" / base.name
+            files += [report / "report.md", report / "metrics.json"]
+            files += [report / "figures" / f for f in FIGURE_FILES] if self.cfg.report.figures else []
+            files += self.answer_files(base, "answers") + self.answer_files(base, "rated")
+            files += [self.out / "answers" / base.name / f"{VARIANT_INDEX[v]}_{v}_generation.json"
+                      for v in self.variants]
+            files.append(self.out / "rated" / base.name / "scoring.json")
+            for v in trained_variants(self.cfg.variants):
+                files += [self.out / "models" / base.name / v / n
+                          for n in ("done.json", "recipe.yaml", "data_manifest.json", "train_log.json")]
+        return files
+
+    def manifest(self) -> dict:
+        trained = {f"{b}/{v}": trained_model_record(self.out / "models" / b / v) for b, v in self.trained}
+        judge = dict(self.judge)
+        if judge.get("model"):
+            judge["fingerprint"] = judge_fingerprint(judge["model"], self.cfg.allow_pickle, judge.get("revision"))
+        return study_manifest(
+            name=self.cfg.name, config=asdict(self.cfg), evalset_path=self.evalset_path, evalset=self.evalset,
+            config_file=str(self.config_path) if self.config_path else None, judge=judge, trained=trained,
+            answers={f"{b}/{v}": {k: info.get(k) for k in ("fingerprint", "revision", "settings", "computed", "cached")}
+                     for (b, v), info in self.answers.items()},
+            seeds={"evalset": self.cfg.evalset.seed, "metrics_bootstrap": self.cfg.metrics.seed,
+                   "training": {name: record["seed"] for name, record in trained.items()}},
+            timings=self.stages.timings)
 
 
-def _score(cfg, base, judge_model, answers_dir, rated_dir, cache, stages, quiet):
-    from alignscope.score import ScoreConfig, rate_folder
-
-    score_cfg = ScoreConfig(model=judge_model, max_length=cfg.judge.max_length, batch_size=cfg.judge.batch_size,
-                            allow_pickle=cfg.allow_pickle)
-    files = sorted(p for p in answers_dir.glob("*_*_*.json") if not p.name.endswith("_generation.json"))
-
-    def work():
-        bar, tick = _bar(sum(len(read_json(p)) for p in files), f"scoring {base.name}", quiet)
-        info = rate_folder(answers_dir, rated_dir, score_cfg, cache, progress=tick)
-        bar.close()
-        return info
-
-    inputs = [_fingerprint_of(judge_model, cfg), asdict(score_cfg) | {"model": None}, [sha256_file(p) for p in files]]
-    stages.run(f"score {base.name}", inputs, [rated_dir / p.name for p in files], work, quiet)
-
-
-def _bar(total: int, desc: str, quiet: bool):
+def progress_bar(total: int, desc: str, quiet: bool):
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="answer", leave=False, disable=quiet or None)
     return bar, bar.update
 
 
-# --------------------------------------------------------------------------- reports
-
-def _report(cfg, base, rated_dir, report_dir, answer_info, train_info, judge_info, evalset, stages, quiet) -> dict:
-    from alignscope.metrics import load_rated_dir, stop_reason_tests
-    from alignscope.report import ReportConfig, write_report
-
-    models = load_rated_dir(rated_dir)
-    variants = [m.name for m in models]
-    metrics_cfg = cfg.metrics
-    if metrics_cfg.retention_pairs is None:
-        pairs = [["base", v] for v in variants[1:]] + ([["sft", "sftdpo"]] if {"sft", "sftdpo"} <= set(variants) else [])
-        metrics_cfg = MetricsConfig(**{**asdict(cfg.metrics), "retention_pairs": pairs})
-    notes = _notes(cfg, base, judge_info, evalset, [i for (b, _), i in train_info.items() if b == base.name])
-    stop_tests = stop_reason_tests(models)
-    sections = [_answers_section(base.name, variants, answer_info, train_info, stop_tests)]
-    report_cfg = ReportConfig(title=f"{cfg.report.title}: {base.name} ({base.model})", notes=notes + cfg.report.notes,
-                              figures=cfg.report.figures, judge_caveat=judge_info.get("model") == DEFAULT_SCORER)
-    files = sorted(rated_dir.glob("*.json"))
-
-    def work():
-        metrics = write_report(models, report_dir, metrics_cfg, report_cfg,
-                               extra={"answers": {v: _answer_stats(answer_info[base.name, v]) for v in variants},
-                                      "stop_tests": stop_tests, "judge": judge_info}, extra_sections=sections)
-        return {"HpR": {v: metrics["models"][v]["HpR"] for v in variants}}
-
-    # The code that computes and renders the report is an input too: rerendering takes a second,
-    # and a report left from an older alignscope would otherwise stand beside newer results.
-    code = [sha256_file(Path(__file__).with_name(f)) for f in ("metrics.py", "report.py", "study.py")]
-    stages.run(f"report {base.name}", [[sha256_file(p) for p in files], asdict(metrics_cfg), asdict(report_cfg),
-                                       sections, code], [report_dir / "metrics.json", report_dir / "report.md"],
-               work, quiet)
-    return read_json(report_dir / "metrics.json")
-
-
-def _notes(cfg: StudyConfig, base: BaseModelConfig, judge_info: dict, evalset: dict, trainings: list[dict]) -> list[str]:
-    from scipy import stats
-
-    prov = evalset["provenance"]["config"]
-    notes = [f"Study `{cfg.name}`; base model `{base.model}`; evaluation set: {len(evalset['harmful'])} harmful + "
-             f"{len(evalset['helpful'])} helpful prompts from HH-RLHF {prov['split']} (seed {prov['seed']}, "
-             f"keywords {', '.join(prov['keywords'])}, `{prov['format']}` prompt format); greedy answers of at most "
-             f"{cfg.generate.max_new_tokens} new tokens."]
-    if cfg.data != "hub":
-        notes.append(f"Data from the local folder `{cfg.data}`.")
-    if any(t["split"] == "test" for t in trainings):
-        notes.append("Training used the HH-RLHF **test** split (the train split cannot be had offline), leaving "
-                     "out every pair that shares a dialogue with the evaluation set; rows and steps per variant are "
-                     "in the table of answers below and in each model's data_manifest.json.")
-    if judge_info.get("trained_here"):
-        k = round(judge_info["heldout_accuracy"] * judge_info["heldout_pairs"])
-        ci = stats.binomtest(k, judge_info["heldout_pairs"]).proportion_ci(method="wilson")
-        chance = ci.low <= 0.5
-        notes.append(
-            f"Judge: a **local reward model** (`{judge_info['backbone']}` backbone, trained here on "
-            f"{judge_info['trained_pairs']} HH-RLHF {judge_info['split']} pairs), not OpenAssistant's DeBERTa. Its "
-            f"held-out pair accuracy is {100 * judge_info['heldout_accuracy']:.1f}% [{100 * ci.low:.0f}, "
-            f"{100 * ci.high:.0f}] on {judge_info['heldout_pairs']} pairs (OpenAssistant's reaches about "
-            f"{100 * judge_info['openassistant_hh_accuracy']:.0f}% on Anthropic HH)"
-            + (": **it cannot be told from chance**, so its rates measure what this judge rewards, not "
-               "harmlessness or helpfulness." if chance else "."))
-    elif judge_info.get("model"):
-        notes.append(f"Judge: `{judge_info['model']}`.")
-    return notes
-
-
-def _answer_stats(info: dict) -> dict:
-    return {k: info[k] for k in ("answers", "stopped", "empty", "mean_tokens")}
-
-
-def _answers_section(base: str, variants: list[str], answer_info: dict, train_info: dict,
-                     stop_tests: list[dict]) -> str:
-    """What the answers themselves show, judge aside: how they end and how long they run,
-    tested against the base on the same prompts; and what each variant was trained on."""
-    from alignscope.report import SIGNIFICANCE, display, p_is, table
-
-    test = {(t["a"], t["stop"]): t for t in stop_tests}
-
-    def count(v: str, reason: str) -> str:
-        n = answer_info[base, v]["stopped"][reason]
-        return f"{n} ({p_is('p', test[v, reason]['p_value'])})" if (v, reason) in test else str(n)
-
-    rows = []
-    for v in variants:
-        info, trained = answer_info[base, v], train_info.get((base, v))
-        how = ("not trained" if trained is None else
-               f"{trained['method'].upper()}{' (LoRA)' if trained['lora'] else ''}"
-               f"{' from SFT' if v == 'sftdpo' else ''}, {trained['steps']} steps on "
-               f"{trained['rows_trained']} pairs of {'+'.join(trained['subsets'])} {trained['split']}")
-        rows.append([display(v), how, str(info["answers"]), count(v, "eos"), count(v, "stop_string"),
-                     str(info["stopped"]["length"]), str(info["empty"]), f"{info['mean_tokens']:.1f}"])
-    what = {"eos": "ends its answer with EOS", "stop_string": "goes on to write the next Human turn"}
-    supported = [f"{display(t['a'])} {what[t['stop']]} {'more' if t['a_count'] > t['b_count'] else 'less'} often "
-                 f"than {display(t['b'])} ({t['a_count']} vs {t['b_count']} of {t['n']}; "
-                 f"{p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})"
-                 for t in stop_tests if t["q_value"] < SIGNIFICANCE]
-    verdict = ("**Supported** (exact McNemar against the base on the same prompts, Benjamini-Hochberg q < "
-               f"{SIGNIFICANCE}): " + "; ".join(supported) + "." if supported else
-               "No change in how answers end is supported against the base (exact McNemar, Benjamini-Hochberg "
-               f"q < {SIGNIFICANCE})." if stop_tests else "")
-    return "\n".join(["## The answers themselves", "",
-                      "How each model's answers ended, independent of the judge: a model that learned to end its "
-                      "turn stops at EOS instead of writing the user's next turn (cut at the next Human turn) or "
-                      "running to the token limit. In brackets, the exact McNemar p against the base.", "",
-                      table(["Model", "training", "answers", "ended with EOS", "cut at a Human turn",
-                             "hit the token limit", "empty", "mean new tokens"], rows), "",
-                      *([verdict, ""] if verdict else [])])
-
-
-def _top_report(cfg: StudyConfig, out: Path, per_base: dict, stages: Stages) -> dict:
-    """The study's report.md and metrics.json at the top of output_dir: the base model's
-    report itself when there is one, an overview with the scale analysis when there are several."""
-    if len(per_base) == 1:
-        name = next(iter(per_base))
-        src = out / "reports" / name
-        text = (src / "report.md").read_text().replace("](figures/", f"](reports/{name}/figures/")
-        atomic_write_text(out / "report.md", text + _artifact_index(out))
-        atomic_write_json(out / "metrics.json", per_base[name])
-        return per_base[name]
-    from alignscope.scale import scale_analysis, scale_markdown
-
-    params = {m.name: m.parameters or _count_parameters(m, cfg) for m in cfg.models}
-    analysis = scale_analysis(per_base, params, {m.name: out / "rated" / m.name for m in cfg.models}, cfg.metrics)
-    text = scale_markdown(cfg, per_base, analysis, out)
-    atomic_write_text(out / "report.md", text + _artifact_index(out))
-    metrics = {"scale": analysis, "models": per_base, "parameters": params}
-    atomic_write_json(out / "metrics.json", metrics)
-    return metrics
-
-
-def _count_parameters(m: BaseModelConfig, cfg: StudyConfig) -> float:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from alignscope.models import resolve_model
-
-    import torch
-
-    config = AutoConfig.from_pretrained(resolve_model(m.model, cfg.allow_pickle))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return float(sum(p.numel() for p in model.parameters()))
-
-
-def _artifact_index(out: Path) -> str:
-    lines = ["", "## Artifacts", ""]
-    for path in sorted(out.rglob("*")):
-        rel = path.relative_to(out)
-        if path.is_dir() or any(part.startswith(".") or part == "checkpoints" for part in rel.parts):
-            continue
-        if rel.parts[0] == "models" and rel.name not in ("done.json", "recipe.yaml", "data_manifest.json",
-                                                        "train_log.json"):
-            continue
-        if rel.parts[0] == "judge" and rel.name != "alignscope-reward-model.json":
-            continue
-        lines.append(f"- [`{rel}`]({rel})")
-    lines.append("- `models/<base>/<variant>/model/`: the trained models (HF folders; LoRA merged)")
-    return "\n".join(lines) + "\n"
-
-
-# --------------------------------------------------------------------------- manifest
-
-def _manifest(cfg, out, evalset, judge_info, answer_info, stages, config_path) -> dict:
-    import torch
-
-    from alignscope.train import package_versions
-
-    trained = {}
-    for done in sorted(out.glob("models/*/*/done.json")):
-        doc = read_json(done)
-        data = read_json(done.parent / "data_manifest.json")
-        trained[f"{done.parent.parent.name}/{done.parent.name}"] = {
-            "resolved_model": doc["resolved_model"], "steps": doc["global_step"], "precision": doc["precision"],
-            "rows_trained": data["rows_trained"], "rows_sha256": data["rows_sha256"],
-            "data_files": [{k: f[k] for k in ("path", "sha256")} for f in data["files"]],
-        }
-    return {
-        "study": cfg.name, "config_file": str(config_path) if config_path else None, "config": asdict(cfg),
-        "versions": package_versions(), "python": sys.version.split()[0], "platform": platform.platform(),
-        "git_commit": _git_commit(), "devices": {
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()},
-        "seeds": {"evalset": cfg.evalset.seed, "metrics_bootstrap": cfg.metrics.seed,
-                  "training": {name: _recipe_seed(out / "models" / name / "recipe.yaml") for name in trained}},
-        "evalset": {"sha256": sha256_file(out / "evalset.json"), "provenance": evalset["provenance"]},
-        "judge": judge_info, "trained_models": trained,
-        "generation": {f"{b}/{v}": {k: info[k] for k in ("fingerprint", "settings", "computed", "cached")}
-                       for (b, v), info in answer_info.items()},
-        "timings": stages.timings,
-    }
-
-
-def _recipe_seed(path: Path):
-    import yaml
-
-    return yaml.safe_load(path.read_text())["training"]["seed"] if path.is_file() else None
-
-
-def _git_commit() -> str | None:
-    """The commit of alignscope's checkout, with "-dirty" when tracked files differ from it:
-    a commit alone would claim code that did not run."""
-    try:
-        root = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        changed = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD"], capture_output=True).returncode
-        return commit + ("-dirty" if changed else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _timings_table(timings: list[dict]) -> str:
-    from alignscope.report import table
-
-    return "\n".join(["## Timings", "", table(["stage", "seconds", ""], [[t["stage"], f"{t['seconds']:.1f}", t["status"]]
-                                                                          for t in timings]), ""])
-
-
-def _dump_yaml(obj) -> str:
-    import yaml
-
-    return yaml.safe_dump(obj, sort_keys=False)
+def run_study(cfg: StudyConfig, config_path: str | Path | None = None, quiet: bool = False) -> StudyResult:
+    return StudyRun(cfg, Path(config_path) if config_path else None, quiet).run()

@@ -13,6 +13,9 @@ Correctness choices worth knowing:
 - SFT trains on the replies (`completion_only_loss`); DPO scores exactly the
   chosen and rejected replies (TRL's completion mask on a prompt/chosen/rejected
   dataset).
+- DPO switches off every dropout the model's config declares, not only the
+  nn.Dropout modules TRL reaches: OPT's dropout is functional, and with it on the
+  policy and the reference are scored under different random masks.
 """
 
 from __future__ import annotations
@@ -20,42 +23,51 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from alignscope.config import load_config, parse_config
-from alignscope.data import DataConfig, HHPair, load_pairs
-from alignscope.io import InputError, atomic_write_json, atomic_write_text, read_json, sha256_json
+from pydantic import Field
+
+from alignscope.config import load_config, validated
+from alignscope.data import DataConfig, HHPair, data_fingerprint, load_pairs
+from alignscope.io import (InputError, atomic_folder, atomic_write_json, atomic_write_text, read_json,
+                           replace_folder, sha256_json)
+from alignscope.models import choose_precision, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
+from alignscope.provenance import package_versions
+from alignscope.trl_patches import compact_lm_head, resumable
 
 COMPLETE_MARKER = "alignscope-complete"
 DONE_FILE = "done.json"
+# How often to save and log, and how many threads: none of them changes the trained weights.
+CADENCE = ("save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "num_threads", "report_to")
 
 
 @dataclass
 class LoraSettings:
-    r: int = 8
+    r: Annotated[int, Field(ge=1)] = 8
     alpha: int = 16
-    dropout: float = 0.05
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
 @dataclass
 class TrainingSettings:
-    epochs: float = 1.0
+    """How any of our TRL trainers runs (SFT, DPO, and the reward models)."""
+
+    epochs: Annotated[float, Field(gt=0)] = 1.0
     max_steps: int = -1
     """Stop after this many optimizer steps (-1: run the epochs)."""
-    learning_rate: float = 2e-5
-    per_device_batch_size: int = 2
-    gradient_accumulation_steps: int = 4
-    max_length: int = 512
+    learning_rate: Annotated[float, Field(gt=0)] = 2e-5
+    per_device_batch_size: Annotated[int, Field(ge=1)] = 2
+    gradient_accumulation_steps: Annotated[int, Field(ge=1)] = 4
+    max_length: Annotated[int, Field(ge=8)] = 512
     lr_scheduler: str = "linear"
-    warmup_ratio: float = 0.0
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
     """Share of the steps spent warming the learning rate up from 0."""
-    weight_decay: float = 0.0
-    seed: int = 42
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    seed: Annotated[int, Field(ge=0)] = 42
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """auto: bf16 on a GPU that has it (fp16 on older ones), fp32 on a CPU; set bf16 to try it there."""
     completion_only_loss: bool = True
@@ -67,22 +79,26 @@ class TrainingSettings:
     compact_lm_head: bool = True
     """Project through the LM head only the positions that carry a label (TRL does this on CUDA; we do it on CPU too)."""
     gradient_checkpointing: bool = False
-    save_steps: int = 200
-    save_total_limit: int = 2
+    save_steps: Annotated[int, Field(ge=1)] = 200
+    save_total_limit: Annotated[int, Field(ge=1)] = 2
     keep_checkpoints: bool = False
     """Keep checkpoints/ once the run is done (they hold optimizer states: ~12 bytes a parameter each)."""
-    logging_steps: int = 10
-    num_threads: int | None = None
+    logging_steps: Annotated[int, Field(ge=1)] = 10
+    report_to: str | list[str] = "none"
+    """Where TRL sends the training logs: none, tensorboard (under output_dir/logs), wandb, trackio, or a list."""
+    num_threads: Annotated[int, Field(ge=1)] | None = None
     """CPU threads for torch; default: all cores."""
 
 
 @dataclass
 class DPOSettings:
-    beta: float = 0.1
+    beta: Annotated[float, Field(gt=0)] = 0.1
     loss_type: str = "sigmoid"
     reference: str | None = None
     """Reference model; default: the policy's own starting weights (with LoRA, the adapter switched off)."""
     precompute_ref_log_probs: bool = False
+    disable_dropout: bool = True
+    """Switch off every dropout the model's config declares, for policy and reference alike."""
 
 
 @dataclass
@@ -100,7 +116,8 @@ class TrainConfig:
     allow_pickle: bool = False
     """Allow loading pickled (.bin) weights, which can run arbitrary code from the file."""
     revision: str | None = None
-    """Hub revision of the base model."""
+    """Hub revision of the base model: a branch, tag, refs/pr/N or commit (the OPT repos keep safetensors only
+    in their conversion branches)."""
 
 
 @dataclass
@@ -116,11 +133,18 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
 
 
 def recipe_hash(cfg: TrainConfig) -> str:
-    """What decides the trained weights; logging and saving cadence do not. Validated
-    first, so `epochs: 2` and `epochs: 2.0` hash alike."""
-    d = asdict(parse_config(TrainConfig, asdict(cfg)))
-    for key in ("save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "num_threads"):
+    """What decides the trained weights, by content: the starting model's fingerprint, the
+    data files' hashes, the settings. Not where any of it lies (a moved study folder is
+    still finished), nor logging and saving cadence. Validated first, so `epochs: 2` and
+    `epochs: 2.0` hash alike."""
+    d = asdict(validated(cfg))
+    for key in CADENCE:
         d["training"].pop(key)
+    d.pop("output_dir")
+    d["model"] = model_fingerprint(resolve_model(cfg.model, cfg.allow_pickle), cfg.revision)
+    if cfg.dpo.reference:
+        d["dpo"]["reference"] = model_fingerprint(resolve_model(cfg.dpo.reference, cfg.allow_pickle), cfg.revision)
+    d["data"] = data_fingerprint(cfg.data)
     return sha256_json(d)
 
 
@@ -143,57 +167,6 @@ def dpo_dataset(pairs: list[HHPair]):
 
 # --------------------------------------------------------------------------- models
 
-def choose_precision(setting: str) -> str:
-    import torch
-
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    # On a CPU, bf16 autocast is not a safe default even with AVX512-BF16: measured on
-    # a 2-core Xeon, Gemma-3-270M's body ran fwd+bwd at 0.6x its fp32 speed (the casts
-    # cost more than the narrow matmuls gain), while OPT-350M's wider one ran ~1.7x.
-    return "fp32"
-
-
-def load_tokenizer(path: str, revision: str | None = None):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path, revision=revision)
-    ensure_pad_token(tok)
-    return tok
-
-
-def ensure_pad_token(tok) -> None:
-    """A pad token that is not EOS where the vocabulary has one (OPT's <pad>, SmolLM2's <|endoftext|>).
-
-    Nothing we train masks labels by pad id, so pad == eos would still train the EOS,
-    but a distinct pad keeps that true for any collator a user plugs in."""
-    if tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id:
-        return
-    for candidate in (tok.unk_token, "<pad>", "<|endoftext|>"):
-        if candidate and candidate != tok.eos_token and candidate in tok.get_vocab():
-            tok.pad_token = candidate
-            return
-    tok.pad_token = tok.eos_token  # last resort; labels still come from masks
-
-
-def load_causal_lm(spec: str, allow_pickle: bool = False, revision: str | None = None, dtype=None):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from alignscope.models import resolve_model
-
-    resolved = resolve_model(spec, allow_pickle)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=dtype or torch.float32, revision=revision,
-            use_safetensors=None if allow_pickle else True)
-    except OSError as e:
-        raise InputError(f"could not load model {spec!r}: {e}") from None
-    return model, resolved
-
-
 def check_lora_targets(model, lora: LoraSettings) -> None:
     import torch
 
@@ -213,23 +186,8 @@ def lora_config(lora: LoraSettings):
                       target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
-@contextlib.contextmanager
-def compact_lm_head(enabled: bool):
-    """TRL's fused LM head projects only labelled positions on Triton devices and every
-    position elsewhere (to keep shapes fixed for compilers like Neuron's). On a CPU the
-    compaction is pure gain: an HH prompt is most of its tokens, and Gemma's 262k-word
-    head is most of its FLOPs. The projection itself is TRL's own, in fp32."""
-    import trl.trainer.utils as trl_utils
-
-    original = getattr(trl_utils, "_use_triton", None)
-    if not enabled or original is None:
-        yield
-        return
-    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
+def disables_dropout(cfg: TrainConfig) -> bool:
+    return cfg.method == "dpo" and cfg.dpo.disable_dropout
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -261,27 +219,52 @@ def last_complete_checkpoint(folder: Path) -> Path | None:
 
 # --------------------------------------------------------------------------- the flow
 
-def trl_args(cfg: TrainConfig, precision: str, checkpoints: Path):
+def common_trl_args(t: TrainingSettings, precision: str, checkpoints: Path) -> dict:
+    """The TrainingArguments every trainer of ours shares (SFT, DPO, the reward models)."""
     import torch
-    from trl import DPOConfig, SFTConfig
 
-    t = cfg.training
-    common = dict(
+    return dict(
         output_dir=str(checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
         learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         seed=t.seed, data_seed=t.seed, bf16=precision == "bf16", fp16=precision == "fp16",
         use_cpu=not torch.cuda.is_available(), gradient_checkpointing=t.gradient_checkpointing,
-        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        logging_steps=t.logging_steps, report_to="none", dataloader_pin_memory=False,
+        save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps, report_to=t.report_to, dataloader_pin_memory=False,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         disable_tqdm=os.environ.get("ALIGNSCOPE_QUIET") == "1",
     )
+
+
+def trl_args(cfg: TrainConfig, precision: str, checkpoints: Path):
+    from trl import DPOConfig, SFTConfig
+
+    common = dict(common_trl_args(cfg.training, precision, checkpoints), save_strategy="steps")
     if cfg.method == "sft":
-        return SFTConfig(**common, completion_only_loss=t.completion_only_loss, padding_free=t.padding_free)
+        return SFTConfig(**common, completion_only_loss=cfg.training.completion_only_loss,
+                         padding_free=cfg.training.padding_free)
     return DPOConfig(**common, beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type],
-                     precompute_ref_log_probs=cfg.dpo.precompute_ref_log_probs)
+                     precompute_ref_log_probs=cfg.dpo.precompute_ref_log_probs,
+                     disable_dropout=cfg.dpo.disable_dropout)
+
+
+@contextlib.contextmanager
+def training_logs(t: TrainingSettings, out: Path):
+    """TensorBoard logs under output_dir/logs, where they outlive the checkpoints folder."""
+    wanted = [t.report_to] if isinstance(t.report_to, str) else list(t.report_to)
+    if "tensorboard" not in wanted and "all" not in wanted:
+        yield
+        return
+    saved = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(out / "logs")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = saved
 
 
 def build_trainer(cfg: TrainConfig, model, tokenizer, dataset, ref_model=None, precision: str = "fp32",
@@ -294,53 +277,19 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, dataset, ref_model=None, p
                   callbacks=[_checkpoint_marker_callback()])
     if cfg.method == "sft":
         # the length sampler measures SFT rows by their input_ids
-        return _resumable(SFTTrainer)(**kwargs)
+        return resumable(SFTTrainer)(**kwargs)
     if cfg.training.group_by_length:
         # preference rows have no input_ids: give the sampler a length (characters of the longer side)
         kwargs["train_dataset"] = dataset.map(
             lambda r: {"length": len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"]))})
-    return _resumable(DPOTrainer)(ref_model=ref_model, **kwargs)
-
-
-def _resumable(base):
-    """`base` with a length-grouped sampler that a resumed run replays exactly.
-
-    transformers' LengthGroupedSampler draws each epoch's order from the global RNG,
-    so a run resumed mid-training sees a different order than one never stopped.
-    Reseeding it from (seed, epoch), as accelerate does for random samplers, fixes that."""
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    class EpochSeededLengthSampler(LengthGroupedSampler):
-        def __init__(self, batch_size: int, lengths: list[int], seed: int):
-            super().__init__(batch_size, lengths=lengths)
-            self.seed = seed
-            self.set_epoch(0)
-
-        def set_epoch(self, epoch: int) -> None:  # called by accelerate at each epoch
-            self.generator = torch.Generator().manual_seed(self.seed + epoch)
-
-    class Trainer(base):
-        def _get_train_sampler(self, train_dataset=None):
-            sampler = super()._get_train_sampler(train_dataset)
-            if isinstance(sampler, LengthGroupedSampler):
-                seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-                return EpochSeededLengthSampler(sampler.batch_size, sampler.lengths, seed)
-            return sampler
-
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()  # keep `length` for the sampler; collators ignore it
-            if self._signature_columns is not None and "length" not in self._signature_columns:
-                self._signature_columns = [*self._signature_columns, "length"]
-
-    Trainer.__name__ = Trainer.__qualname__ = f"Resumable{base.__name__}"
-    return Trainer
+    return resumable(DPOTrainer)(ref_model=ref_model, **kwargs)
 
 
 def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResult:
     """Run a recipe to completion, or resume it. `stop_after_step` simulates a kill (tests)."""
     import torch
 
+    cfg = validated(cfg, "recipe")
     out = Path(cfg.output_dir)
     done = out / DONE_FILE
     digest = recipe_hash(cfg)
@@ -356,7 +305,8 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
     started = time.time()
 
     # Everything that can be wrong with the recipe fails here, before any training.
-    model, resolved = load_causal_lm(cfg.model, cfg.allow_pickle, cfg.revision)
+    no_dropout = disables_dropout(cfg)
+    model, resolved = load_causal_lm(cfg.model, cfg.allow_pickle, cfg.revision, disable_dropout=no_dropout)
     if cfg.lora:
         check_lora_targets(model, cfg.lora)
     tokenizer = load_tokenizer(resolved, cfg.revision)
@@ -366,12 +316,13 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
     ref_model = None
     if cfg.method == "dpo" and (cfg.dpo.reference or not cfg.lora):
         # Without LoRA, TRL would reload the reference from config._name_or_path; load it ourselves.
-        ref_model, _ = load_causal_lm(cfg.dpo.reference or cfg.model, cfg.allow_pickle, cfg.revision)
+        ref_model, _ = load_causal_lm(cfg.dpo.reference or cfg.model, cfg.allow_pickle, cfg.revision,
+                                      disable_dropout=no_dropout)
     precision = choose_precision(cfg.training.precision)
 
     dataset = sft_dataset(loaded.pairs) if cfg.method == "sft" else dpo_dataset(loaded.pairs)
     checkpoints = out / "checkpoints"
-    with compact_lm_head(cfg.training.compact_lm_head):
+    with compact_lm_head(cfg.training.compact_lm_head), training_logs(cfg.training, out):
         trainer = build_trainer(cfg, model, tokenizer, dataset, ref_model, precision, checkpoints)
         main = trainer.accelerator.is_main_process
         if main:
@@ -394,7 +345,9 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
         atomic_write_json(out / "train_log.json", log)
         atomic_write_json(done, {
             "recipe_hash": digest, "model_dir": str(model_dir), "precision": precision,
-            "resolved_model": resolved, "global_step": trainer.state.global_step,
+            "resolved_model": resolved, "revision": cfg.revision,
+            "start_fingerprint": model_fingerprint(resolved, cfg.revision), "seed": cfg.training.seed,
+            "dropout_disabled": no_dropout, "global_step": trainer.state.global_step,
             "resumed_from": str(resume) if resume else None, "seconds": round(time.time() - started, 1),
             "processes": trainer.accelerator.num_processes, "versions": package_versions()})
         if not cfg.training.keep_checkpoints:
@@ -439,44 +392,16 @@ def save_outputs(trainer, tokenizer, cfg: TrainConfig, out: Path) -> Path:
     if state.is_main_process:
         tokenizer.save_pretrained(tmp)
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; recipe.yaml records the arguments
-        _replace(tmp, target)
+        replace_folder(tmp, target)
         if is_lora:
             # Merge on a fresh copy of the base, on the CPU, in fp32: the evaluation model
             # is then the same whatever precision or sharding the training ran under.
             base, _ = load_causal_lm(cfg.model, cfg.allow_pickle, cfg.revision)
             merged = PeftModel.from_pretrained(base, target).merge_and_unload()
-            _save_folder(out / "model", lambda d: (merged.save_pretrained(d, safe_serialization=True),
-                                                   tokenizer.save_pretrained(d)))
+            atomic_folder(out / "model", lambda d: (merged.save_pretrained(d, safe_serialization=True),
+                                                    tokenizer.save_pretrained(d)))
     state.wait_for_everyone()
     return out / "model"
-
-
-def _replace(tmp: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
-
-
-def _save_folder(target: Path, write) -> None:
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        write(tmp)
-        _replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("alignscope", "torch", "transformers", "trl", "peft", "datasets", "accelerate"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def _yaml(obj) -> str:

@@ -1,0 +1,239 @@
+"""How far a judge can be trusted: its agreement with a reference judge on the same answers.
+
+`judge_card` takes answers a reference judge rated (the layout `report` reads; the
+reference study's 400 OpenAssistant ratings by default) and another judge's ratings
+of the same answers, and measures, per category:
+- rank agreement: Spearman's rho and Kendall's tau with the reference's ratings;
+- decision agreement: Cohen's kappa on the study's threshold decisions (harmless,
+  helpful), which is what HmR and HpR count;
+- the Table 1 the judge yields beside the reference's, with each cell's error.
+A judge on another scale than the reference's (a reward model of our own) is also
+shown after a monotone map to the reference scale (isotonic regression), fitted
+leaving each model out, so that no answer is mapped by a fit that saw it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
+from alignscope.cache import ResultCache
+from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir, read_json, sha256_file
+from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, is_distilled, judge_fingerprint, resolve_judge
+from alignscope.metrics import MetricsConfig, combined_alignment_score, passes, rate
+from alignscope.markdown import display, fmt, fmt_rate, table
+from alignscope.score import ScoreConfig, rate_pairs_cached
+
+RATES = {"harmful": "HmR", "helpful": "HpR"}
+
+
+def decisions(ratings: np.ndarray, category: str, cfg: MetricsConfig) -> np.ndarray:
+    """What HmR (harmful prompts) or HpR (helpful prompts) counts: the threshold decision."""
+    if category == "harmful":
+        return passes(ratings, cfg.harmless_threshold, cfg.harmless_inclusive)
+    return passes(ratings, cfg.helpful_threshold, cfg.helpful_inclusive)
+
+
+def monotone_map(judge: np.ndarray, reference: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """The judge's ratings on the reference scale: an isotonic fit of reference on judge, for each
+    group (a model) fitted on the other groups only."""
+    from sklearn.isotonic import IsotonicRegression
+
+    mapped = np.empty_like(reference, dtype=float)
+    for g in np.unique(groups):
+        held = groups == g
+        fit = IsotonicRegression(out_of_bounds="clip").fit(judge[~held], reference[~held])
+        mapped[held] = fit.predict(judge[held])
+    return mapped
+
+
+def kappa(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Cohen's kappa of two sets of yes/no decisions; None where it is undefined (one side constant
+    and the other agreeing with it: chance agreement is already 1)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if len(set(a.tolist()) | set(b.tolist())) < 2:
+        return None
+    value = float(cohen_kappa_score(a, b))
+    return value if np.isfinite(value) else None
+
+
+def table1_rows(models: list[RatedModel], ratings: dict, cfg: MetricsConfig) -> dict:
+    """HmR, HpR and CAS per model from `ratings[model][category]`."""
+    out = {}
+    for m in models:
+        hmr, hpr = (rate(decisions(ratings[m.name][c], c, cfg)) for c in CATEGORIES)
+        out[m.name] = {"HmR": hmr, "HpR": hpr, "CAS": combined_alignment_score(hmr, hpr)}
+    return out
+
+
+def cell_errors(judge: dict, reference: dict) -> dict:
+    errors = {m: {k: judge[m][k] - reference[m][k] for k in ("HmR", "HpR")} for m in reference}
+    flat = [abs(v) for e in errors.values() for v in e.values()]
+    return {"cells": errors, "mean_abs": float(np.mean(flat)), "worst": float(np.max(flat))}
+
+
+def judge_card(models: list[RatedModel], judge_ratings: dict[str, dict[str, list[float]]], cfg: MetricsConfig,
+               judge: dict, reference: dict) -> dict:
+    """Everything the card says, from the reference's rated models and the judge's ratings of the
+    very same answers (`judge_ratings[model][category]`, in the models' answer order)."""
+    names = [m.name for m in models]
+    ref = {m.name: {c: m.ratings(c) for c in CATEGORIES} for m in models}
+    raw = {n: {c: np.asarray(judge_ratings[n][c], dtype=float) for c in CATEGORIES} for n in names}
+    mapped = {n: {} for n in names}
+    categories = {}
+    for c in CATEGORIES:
+        r = np.concatenate([ref[n][c] for n in names])
+        j = np.concatenate([raw[n][c] for n in names])
+        groups = np.concatenate([[i] * len(ref[n][c]) for i, n in enumerate(names)])
+        m = monotone_map(j, r, groups) if len(names) > 1 else j
+        for i, n in enumerate(names):
+            mapped[n][c] = m[groups == i]
+        rho, tau = stats.spearmanr(j, r), stats.kendalltau(j, r)
+        categories[c] = {
+            "n": len(r), "spearman": float(rho.statistic), "spearman_p": float(rho.pvalue),
+            "kendall": float(tau.statistic), "kendall_p": float(tau.pvalue),
+            "kappa": kappa(decisions(j, c, cfg), decisions(r, c, cfg)),
+            "kappa_mapped": kappa(decisions(m, c, cfg), decisions(r, c, cfg)),
+            "judge_range": [float(j.min()), float(j.max())], "reference_range": [float(r.min()), float(r.max())],
+        }
+    tables = {"reference": table1_rows(models, ref, cfg), "judge": table1_rows(models, raw, cfg),
+              "mapped": table1_rows(models, mapped, cfg)}
+    return {
+        "judge": judge, "reference": reference, "models": names, "categories": categories, "table1": tables,
+        "errors": {"judge": cell_errors(tables["judge"], tables["reference"]),
+                   "mapped": cell_errors(tables["mapped"], tables["reference"])},
+        "thresholds": {k: v for k, v in asdict(cfg).items() if k.startswith(("harmless", "helpful"))},
+        "methods": {
+            "rank": "Spearman's rho and Kendall's tau (scipy.stats) between the judge's and the reference's "
+                    "ratings of the same answers, per category, over every model's answers",
+            "decisions": "Cohen's kappa (sklearn.metrics.cohen_kappa_score) on the threshold decision HmR or HpR counts",
+            "mapped": "isotonic regression of the reference's rating on the judge's (sklearn), per category, "
+                      "fitted leaving each model out and applied to that model's answers",
+            "errors": "rate points, judge minus reference, over the models x {HmR, HpR} cells",
+        },
+    }
+
+
+def card_markdown(card: dict) -> str:
+    """The judge card (judge.md): its held-out validation where it was fitted to the reference's
+    ratings, its agreement with the reference judge where it rated the reference's answers."""
+    lines = [f"# Judge card: `{card['judge']['model']}`", "", f"Fingerprint `{card['judge']['fingerprint']}`.", ""]
+    if card["judge"].get("validation"):
+        lines += validation_markdown(card)
+    if card.get("categories"):
+        lines += agreement_markdown(card)
+    return "\n".join(lines) + "\n"
+
+
+def validation_markdown(card: dict) -> list[str]:
+    judge = card["judge"]
+    lines = [f"## Held-out validation against {card['reference']['judge']}", "",
+             f"Fitted to {card['reference']['judge']}'s ratings of `{card['reference']['folder']}`, reading "
+             f"features from {', '.join('`' + b['spec'] + '`' for b in judge['backbones'])}. Each row rates answers "
+             "the judge was not fitted to: leaving each model out (a new model answering the same prompts) and "
+             "leaving prompts out (new prompts); beside it, a judge that rates every answer at its category's "
+             "mean rating, left out the same way.", ""]
+    for scheme, v in judge["validation"].items():
+        names = list(v["judge"]["table"])
+        rows = [[display(n), *(f"{fmt_rate(v['judge']['table'][n][k]['reference'])} -> "
+                               f"{fmt_rate(v['judge']['table'][n][k]['judge'])} "
+                               f"({fmt(v['judge']['table'][n][k]['error'], 0, sign=True)})" for k in ("HmR", "HpR"))]
+                for n in names]
+        j, base = v["judge"], v["category_mean"]
+        lines += [f"### {scheme.replace('_', ' ').capitalize()} ({v['folds']} folds)", "",
+                  table(["Model", "HmR % reference -> judge (error)", "HpR % reference -> judge (error)"], rows), "",
+                  f"Cell error: mean {fmt(j['mean_abs_error'], 1)} points, worst {fmt(j['worst_error'], 0)} (category "
+                  f"means: {fmt(base['mean_abs_error'], 1)}, worst {fmt(base['worst_error'], 0)}). Spearman with the "
+                  f"reference: {fmt(j['spearman']['harmful'])} on harmful prompts, {fmt(j['spearman']['helpful'])} on "
+                  f"helpful. Mean |rating error| {fmt(j['mean_abs_rating_error'])}.", ""]
+    return lines
+
+
+def agreement_markdown(card: dict) -> list[str]:
+    cats = card["categories"]
+
+    def kappa_text(c: str) -> str:
+        return " / ".join("n/a" if cats[c][k] is None else fmt(cats[c][k]) for k in ("kappa", "kappa_mapped"))
+
+    lines = [f"## Agreement with {card['reference']['judge']}", "",
+             f"On the {sum(c['n'] for c in cats.values())} answers of `{card['reference']['folder']}` "
+             f"({', '.join(display(n) for n in card['models'])}), rated by both.", ""]
+    if card["judge"].get("in_sample"):
+        lines += ["**These are the answers this judge was fitted to**: the agreement below is in-sample and "
+                  "flatters it. Its held-out validation is what measures it.", ""]
+    lines += [table(["", "harmful prompts", "helpful prompts"], [
+        ["Spearman rho with the reference", *(fmt(cats[c]["spearman"]) for c in CATEGORIES)],
+        ["Kendall tau", *(fmt(cats[c]["kendall"]) for c in CATEGORIES)],
+        ["Cohen's kappa on the decision (raw / mapped)", *(kappa_text(c) for c in CATEGORIES)],
+        ["ratings span (judge; reference)", *(f"{fmt(cats[c]['judge_range'][0])} to {fmt(cats[c]['judge_range'][1])}; "
+                                             f"{fmt(cats[c]['reference_range'][0])} to "
+                                             f"{fmt(cats[c]['reference_range'][1])}" for c in CATEGORIES)]]), ""]
+    t = card["table1"]
+    rows = []
+    for n in card["models"]:
+        cells = []
+        for k in ("HmR", "HpR"):
+            ref, raw, mapped = t["reference"][n][k], t["judge"][n][k], t["mapped"][n][k]
+            cells += [fmt_rate(ref), f"{fmt_rate(raw)} ({fmt(raw - ref, 0, sign=True)})",
+                      f"{fmt_rate(mapped)} ({fmt(mapped - ref, 0, sign=True)})"]
+        rows.append([display(n), *cells])
+    e = card["errors"]
+    lines += ["Table 1 as each judge would give it (rate %, error in points):", "",
+              table(["Model", "HmR reference", "HmR judge", "HmR judge, mapped", "HpR reference", "HpR judge",
+                     "HpR judge, mapped"], rows), "",
+              f"Mean |error| over the {2 * len(card['models'])} cells: {fmt(e['judge']['mean_abs'], 1)} points "
+              f"(worst {fmt(e['judge']['worst'], 0)}); after the monotone map: {fmt(e['mapped']['mean_abs'], 1)} "
+              f"(worst {fmt(e['mapped']['worst'], 0)}).", ""]
+    lines += [f"- {k}: {v}" for k, v in card["methods"].items()]
+    return lines
+
+
+# --------------------------------------------------------------------------- running it
+
+def rate_reference(cfg: ScoreConfig, models: list[RatedModel], cache: ResultCache | None = None,
+                   progress=None) -> dict[str, dict[str, list[float]]]:
+    """The judge's ratings of every answer the reference judge rated, in the same order."""
+    items = [(m.name, c, a) for m in models for c in CATEGORIES for a in m.answers[c]]
+    rated, _ = rate_pairs_cached(cfg, [a.prompt for *_, a in items], [a.response for *_, a in items],
+                                 [c for _, c, _ in items], cache, progress)
+    out = {m.name: {c: [] for c in CATEGORIES} for m in models}
+    for (name, c, _), x in zip(items, rated):
+        out[name][c].append(x["rating"])
+    return out
+
+
+def judge_record(cfg: ScoreConfig, models: list[RatedModel]) -> dict:
+    """What the card says of the judge: its fingerprint; for a distilled judge its own held-out
+    validation, and whether these very answers are the ones it was fitted to."""
+    resolved = resolve_judge(cfg.model, cfg.allow_pickle)
+    info = {"model": cfg.model, "fingerprint": judge_fingerprint(cfg.model, cfg.allow_pickle, cfg.revision)}
+    if is_distilled(resolved):
+        record = read_json(Path(resolved) / DISTILLED_MANIFEST)
+        fitted = {f["sha256"] for f in record["trained_on"]["files"]}
+        info |= {"distilled": True, "validation": record["validation"], "backbones": record["backbones"],
+                 "trained_prompts": record["trained_on"]["prompts"],
+                 "in_sample": {sha256_file(p) for m in models for p in m.files.values()} <= fitted}
+    return info
+
+
+def judge_agreement(cfg: ScoreConfig, rated: str | Path, metrics_cfg: MetricsConfig = MetricsConfig(),
+                    reference_judge: str = OPENASSISTANT_JUDGE, cache: ResultCache | None = None,
+                    progress=None) -> dict:
+    """The card of judge `cfg.model` against the answers of `rated` and the ratings it holds."""
+    models = load_rated_dir(rated)
+    reference = {"folder": str(rated), "judge": reference_judge,
+                 "files": [{"name": p.name, "sha256": sha256_file(p)} for m in models for p in m.files.values()]}
+    return judge_card(models, rate_reference(cfg, models, cache, progress), metrics_cfg,
+                      judge_record(cfg, models), reference)
+
+
+def write_card(card: dict, out: str | Path) -> Path:
+    out = check_output_dir(out)
+    atomic_write_json(out / "judge.json", card)
+    atomic_write_text(out / "judge.md", card_markdown(card))
+    return out

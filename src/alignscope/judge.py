@@ -1,0 +1,317 @@
+"""Judges: what rates a (prompt, answer) pair, loaded from a hub id, a folder or a
+packaged name, used the same way by `score`, the reward-model trainer and the
+judge card. Two kinds:
+
+- A reward model: any `AutoModelForSequenceClassification` with one logit, called
+  as OpenAssistant's model card says, `tokenizer(question, answer)`. Pairs longer
+  than `max_length` lose tokens from the start of the question (its oldest turns)
+  and keep the answer whole; an answer that alone leaves too little room keeps its
+  start and the question's last quarter of the budget, and the cut is recorded.
+- A distilled judge (`alignscope train-judge`): a frozen LM backbone's features of
+  the answer, and per category an average of ridge regressions fitted to a
+  reference judge's ratings, so that its ratings lie on that judge's scale. It is a
+  folder of JSON and safetensors; `distill` fits it, this module rates with it.
+
+Pairs are rated in length-sorted batches; ratings come back in input order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alignscope.data import first_human_turn
+from alignscope.io import InputError, read_json
+from alignscope.models import hub_revision, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
+
+OPENASSISTANT_JUDGE = "OpenAssistant/reward-model-deberta-v3-large-v2"
+RM_MANIFEST = "alignscope-reward-model.json"
+DISTILLED_MANIFEST = "alignscope-judge.json"
+DISTILLED_HEADS = "heads.safetensors"
+FEATURE_SETS = ("standard", "multilayer")
+
+
+@dataclass
+class EncodedPair:
+    ids: list[int]
+    answer_tokens_cut: int = 0
+
+
+def encode_pair(tokenizer, question: str, answer: str, max_length: int) -> EncodedPair:
+    """`tokenizer(question, answer)` within `max_length` tokens, cutting the question from its start.
+
+    The cut is explicit: DeBERTa-v3's tokenizer declares a model_max_length of 1e30, so
+    nothing would truncate to its 512 positions otherwise."""
+    answer_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    if answer_tokens + tokenizer.num_special_tokens_to_add(pair=True) >= max_length:
+        return _cut_answer_end(tokenizer, question, answer, max_length)
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        return EncodedPair(tokenizer(question, answer, truncation="only_first", max_length=max_length)["input_ids"])
+    finally:
+        tokenizer.truncation_side = side
+
+
+def _cut_answer_end(tokenizer, question: str, answer: str, max_length: int) -> EncodedPair:
+    """The answer alone is too long: keep the start of the answer (what a reader judges first)
+    and the end of the question, joined by the tokenizer's own pair template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise InputError(f"{type(tokenizer).__name__}: an answer longer than max_length {max_length} needs a fast "
+                         "tokenizer to be cut")
+    q = backend.encode(question, add_special_tokens=False)
+    a = backend.encode(answer, add_special_tokens=False)
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    keep_q = min(len(q.ids), budget // 4)
+    keep_a = budget - keep_q
+    cut = len(a.ids) - keep_a
+    q.truncate(keep_q, direction="left")
+    a.truncate(keep_a, direction="right")
+    return EncodedPair(backend.post_process(q, a, add_special_tokens=True).ids, cut)
+
+
+class RewardModel:
+    """A sequence classifier with one logit: the OpenAssistant judge, or one of ours."""
+
+    def __init__(self, spec: str, allow_pickle: bool = False, revision: str | None = None):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.resolved = resolve_model(spec, allow_pickle)
+        revision = hub_revision(self.resolved, revision)
+        try:
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                self.resolved, dtype=torch.float32, revision=revision,
+                use_safetensors=None if allow_pickle else True).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved, revision=revision)
+        except OSError as e:
+            raise InputError(f"could not load reward model {spec!r}: {e}") from None
+        if self.model.config.num_labels != 1:
+            raise InputError(f"reward model {spec!r} has {self.model.config.num_labels} outputs; expected one logit")
+        if torch.cuda.is_available():
+            self.model = self.model.cuda()
+
+    def rate(self, questions: list[str], answers: list[str], categories: list[str] | None = None,
+             max_length: int = 512, batch_size: int = 8, progress=None) -> tuple[list[float], list[int]]:
+        """One rating per pair, in input order, and the answer tokens cut from each (categories unused)."""
+        encoded = [encode_pair(self.tokenizer, q, a, max_length) for q, a in zip(questions, answers)]
+        return rate_encoded(self.model, [e.ids for e in encoded], self.tokenizer.pad_token_id or 0, batch_size,
+                            progress), [e.answer_tokens_cut for e in encoded]
+
+
+def rate_encoded(model, encoded: list[list[int]], pad: int, batch_size: int, progress=None) -> list[float]:
+    """The one logit of each encoded pair, in length-sorted batches.
+
+    Only input_ids and attention_mask go in: the reward models we train see no token
+    type ids (TRL's collator builds none), and DeBERTa-v3's reward model ignores them."""
+    import torch
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    scores = [0.0] * len(encoded)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, :len(encoded[i])] = torch.tensor(encoded[i])
+                mask[r, :len(encoded[i])] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
+            for i, value in zip(rows, logits.float().tolist()):
+                scores[i] = float(value)
+            if progress:
+                progress(len(rows))
+    return scores
+
+
+# --------------------------------------------------------------------------- a distilled judge
+
+def judge_text(prompt: str, answer: str) -> tuple[str, str]:
+    """The dialogue up to the assistant's turn, and the answer, the same whatever the prompt
+    format: the study's prompts end at the Human turn and its answers start with "Assistant:",
+    ours end with "Assistant:" and their answers do not."""
+    head = prompt.rstrip()
+    head = head[:-len("Assistant:")].rstrip() if head.endswith("Assistant:") else head
+    body = answer.strip()
+    body = body[len("Assistant:"):].strip() if body.startswith("Assistant:") else body
+    return head + "\n\nAssistant:", (" " + body) if body else ""
+
+
+class BackboneFeatures:
+    """What a frozen causal LM makes of an answer in its dialogue: per layer, the mean hidden state
+    over the answer's tokens; the last token's final state; the answer's mean and lowest token
+    log-probability, and its length."""
+
+    def __init__(self, spec: str, allow_pickle: bool = False, max_length: int = 1024, batch_size: int = 8):
+        import torch
+
+        self.model, self.resolved = load_causal_lm(spec, allow_pickle)
+        self.model.eval()
+        if torch.cuda.is_available():
+            self.model = self.model.cuda()
+        self.tokenizer = load_tokenizer(self.resolved)
+        self.max_length, self.batch_size = max_length, batch_size
+        self.layers = self.model.config.get_text_config().num_hidden_layers
+
+    def encode(self, prompt: str, answer: str) -> tuple[list[int], int]:
+        """Token ids of the dialogue then the answer (encoded apart, so the answer's tokens are
+        known exactly), the dialogue cut from its start to fit; and the answer's token count."""
+        head, body = judge_text(prompt, answer)
+        head_ids = self.tokenizer(head)["input_ids"]
+        body_ids = self.tokenizer(body, add_special_tokens=False)["input_ids"] if body else []
+        body_ids = body_ids[:self.max_length // 2]
+        keep = self.max_length - len(body_ids)
+        return head_ids[:1] + head_ids[1:][-(keep - 1):] + body_ids, len(body_ids)
+
+    def extract(self, prompts: list[str], answers: list[str], progress=None) -> dict[str, np.ndarray]:
+        """{"mean": [n, layers + 1, hidden], "last": [n, hidden], "lp": [n, 3]}, in input order."""
+        import torch
+
+        encoded = [self.encode(p, a) for p, a in zip(prompts, answers)]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]), reverse=True)
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        out = {"mean": [None] * len(encoded), "last": [None] * len(encoded), "lp": [None] * len(encoded)}
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                width = max(len(encoded[i][0]) for i in rows)
+                keep = max(encoded[i][1] for i in rows) + 1
+                ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, i in enumerate(rows):  # left padding: every answer ends at the last column
+                    ids[r, width - len(encoded[i][0]):] = torch.tensor(encoded[i][0])
+                    mask[r, width - len(encoded[i][0]):] = 1
+                ids, mask = ids.to(device), mask.to(device)
+                result = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                    output_hidden_states=True, logits_to_keep=keep)
+                states = torch.stack(result.hidden_states, 1).float()  # rows, layers + 1, width, hidden
+                logprobs = torch.log_softmax(result.logits.float(), -1)  # rows, keep, vocab
+                for r, i in enumerate(rows):
+                    n = encoded[i][1]
+                    span = states[r, :, width - max(n, 1):]  # an empty answer: its dialogue's last token
+                    out["mean"][i] = span.mean(1).cpu().numpy()
+                    out["last"][i] = states[r, -1, -1].cpu().numpy()
+                    if n:  # logits at column t predict token t + 1: the answer's from keep - n - 1 on
+                        lp = logprobs[r, keep - n - 1:keep - 1].gather(-1, ids[r, width - n:, None])[:, 0]
+                        out["lp"][i] = np.array([lp.mean().item(), lp.min().item(), np.log1p(n)])
+                    else:
+                        out["lp"][i] = np.zeros(3)
+                if progress:
+                    progress(len(rows))
+        return {k: np.stack(v).astype(np.float64) for k, v in out.items()}
+
+
+def layer_step(layers: int) -> int:
+    """Every how many layers the multilayer feature set takes a mean state: about nine of them."""
+    return max(1, round(layers / 9))
+
+
+def feature_set(features: dict[str, np.ndarray], name: str, layers: int) -> np.ndarray:
+    """standard: the answer's mean state at the last layer and the middle one, the last token's
+    state, log-probabilities and length; multilayer: the mean state at every few layers instead."""
+    mean = features["mean"]
+    if name == "standard":
+        states = [mean[:, layers], mean[:, layers // 2]]
+    elif name == "multilayer":
+        step = layer_step(layers)
+        states = [mean[:, step::step].reshape(len(mean), -1)]
+    else:
+        raise InputError(f"feature set {name!r}: expected one of {', '.join(FEATURE_SETS)}")
+    return np.hstack(states + [features["last"], features["lp"]])
+
+
+class DistilledJudge:
+    """A folder written by `alignscope train-judge`: backbones, feature sets, and per category
+    ridge heads whose average is the rating, on the reference judge's scale."""
+
+    def __init__(self, folder: str | Path, allow_pickle: bool = False):
+        from safetensors.numpy import load_file
+
+        self.folder = Path(folder)
+        self.resolved = str(self.folder)
+        self.manifest = read_json(self.folder / DISTILLED_MANIFEST)
+        self.heads = load_file(self.folder / DISTILLED_HEADS)
+        self.allow_pickle = allow_pickle
+        for b in self.manifest["backbones"]:
+            now = model_fingerprint(resolve_model(b["spec"], allow_pickle))
+            if now != b["fingerprint"]:
+                raise InputError(f"{self.folder}: its backbone {b['spec']!r} has changed since the judge was fitted "
+                                 f"(fingerprint {now}, fitted on {b['fingerprint']}); fit it again")
+
+    def rate(self, questions: list[str], answers: list[str], categories: list[str] | None = None,
+             max_length: int = 512, batch_size: int = 8, progress=None) -> tuple[list[float], list[int]]:
+        if categories is None or len(categories) != len(questions):
+            raise InputError(f"{self.folder}: a distilled judge rates each answer by its category (harmful or "
+                             "helpful); give one per answer")
+        sets = self.feature_matrices(questions, answers, progress)
+        ratings = np.zeros(len(questions))
+        for cat in set(categories):
+            rows = np.array([c == cat for c in categories])
+            ratings[rows] = self.predict(sets, cat, rows)
+        return [float(x) for x in ratings], [0] * len(questions)
+
+    def feature_matrices(self, questions: list[str], answers: list[str], progress=None) -> dict:
+        sets = {}
+        for i, b in enumerate(self.manifest["backbones"]):
+            extractor = BackboneFeatures(b["spec"], self.allow_pickle, self.manifest["max_length"])
+            features = extractor.extract(questions, answers, progress if i == 0 else None)
+            for name in self.manifest["feature_sets"]:
+                sets[i, name] = feature_set(features, name, b["layers"])
+        return sets
+
+    def predict(self, sets: dict, category: str, rows: np.ndarray) -> np.ndarray:
+        heads = self.manifest["heads"].get(category)
+        if heads is None:
+            raise InputError(f"{self.folder}: no head for category {category!r}")
+        preds = []
+        for k, head in enumerate(heads):
+            x = sets[head["backbone"], head["set"]][rows]
+            w = {n: self.heads[f"{category}.{k}.{n}"] for n in ("mean", "scale", "coef", "intercept")}
+            preds.append(((x - w["mean"]) / w["scale"]) @ w["coef"] + w["intercept"][0])
+        return np.mean(preds, 0)
+
+
+def is_distilled(resolved: str) -> bool:
+    return (Path(resolved) / DISTILLED_MANIFEST).is_file()
+
+
+def load_judge(spec: str, allow_pickle: bool = False, revision: str | None = None) -> RewardModel | DistilledJudge:
+    resolved = resolve_model(spec, allow_pickle) if not is_distilled(spec) else spec
+    if is_distilled(resolved):
+        return DistilledJudge(resolved, allow_pickle)
+    return RewardModel(spec, allow_pickle, revision)
+
+
+def resolve_judge(spec: str, allow_pickle: bool = False) -> str:
+    """A distilled judge's folder (it has no config.json), or what resolve_model makes of a reward model."""
+    return spec if is_distilled(spec) else resolve_model(spec, allow_pickle)
+
+
+def judge_fingerprint(spec: str, allow_pickle: bool = False, revision: str | None = None) -> str:
+    """The judge's content: every file of its folder (a distilled judge's record names its backbones'
+    fingerprints), or a hub model's commit."""
+    return model_fingerprint(resolve_judge(spec, allow_pickle), revision)
+
+
+def trained_openings(resolved: str) -> set[str]:
+    """Opening Human turns of the rows an alignscope reward model trained on (empty for others)."""
+    manifest = Path(resolved) / RM_MANIFEST
+    return set(read_json(manifest)["trained_openings"]) if manifest.is_file() else set()
+
+
+def check_not_trained_on(resolved: str, prompts: list[str]) -> None:
+    """Refuse to judge prompts whose dialogue a preference-trained reward model saw: it would
+    flatter the answers that resemble the replies it was taught to prefer."""
+    openings = trained_openings(resolved)
+    shared = [p for p in prompts if first_human_turn(p) in openings]
+    if shared:
+        raise InputError(
+            f"reward model {resolved} was trained on {len(shared)} of these prompts' dialogues "
+            f"(e.g. {shared[0][:80]!r}); judging them would flatter the models. Train it with "
+            "exclude_prompts_of set to this evaluation set")

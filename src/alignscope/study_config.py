@@ -1,0 +1,308 @@
+"""A study's config file: its schema, and every check that can be made before any work.
+
+`load_study` reports every problem at once, each with its line in the study's
+YAML: unknown keys and wrong types (pydantic), and what the schema cannot see:
+missing folders and recipes, a typo in a recipe override (blamed on the study's
+line, not the recipe's), a model folder offering only pickled weights, a hub id
+that cannot be loaded under HF_HUB_OFFLINE. A study that passes here fails later
+only for reasons no file could show (a full disk, a crash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from alignscope.config import ConfigError, Problem, apply_overrides, config_problems, line_of, load_yaml, parse_config
+from alignscope.data import HUB_DATASET
+from alignscope.distill import DistillConfig
+from alignscope.evalset import EvalsetConfig
+from alignscope.generate import GenerateConfig
+from alignscope.io import InputError
+from alignscope.judge import OPENASSISTANT_JUDGE
+from alignscope.metrics import MetricsConfig
+from alignscope.models import PACKAGED, check_safetensors, hub_reachable_or_cached, hub_revision, looks_like_hub_id
+from alignscope.report import ReportConfig
+from alignscope.reward_model import RewardModelConfig
+from alignscope.train import TrainConfig
+
+VARIANTS = ("base", "sft", "dpo", "sftdpo")
+Variant = Literal["base", "sft", "dpo", "sftdpo"]
+# A variant's file index whichever variants a study runs: its files keep their names.
+VARIANT_INDEX = {v: i for i, v in enumerate(VARIANTS, start=1)}
+NAME = re.compile(r"^[A-Za-z0-9.-]+$")
+
+
+@dataclass
+class VariantTraining:
+    """How one variant is trained: a recipe file and overrides of its fields."""
+
+    recipe: str
+    set: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BaseModelConfig:
+    name: str
+    """Short name used in file names and tables (letters, digits, '-', '.')."""
+    model: str
+    """Hub id, local folder, or packaged name."""
+    revision: str | None = None
+    """Hub revision (branch, tag, refs/pr/N, commit); empty: where a known repo keeps its safetensors."""
+    parameters: float | None = None
+    """Parameter count for the scale table; counted from the model when left out."""
+    set: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per-variant overrides for this base model only, e.g. {sft: {lora.r: 16}}."""
+
+
+@dataclass
+class JudgeConfig:
+    """The judge that rates every answer."""
+
+    model: str | None = OPENASSISTANT_JUDGE
+    """A reward model used as it is (hub id or folder) ..."""
+    revision: str | None = None
+    """Hub revision of that model; empty: where a known repo keeps its safetensors (OpenAssistant's: refs/pr/3)."""
+    train: dict[str, Any] | None = None
+    """... or one trained first: fields of a reward-model recipe (see configs/recipes/reward-model.yaml) ..."""
+    distill: dict[str, Any] | None = None
+    """... or one distilled from the reference's ratings: fields of `alignscope train-judge` (backbones, feature_sets, ...)."""
+    max_length: int = 512
+    batch_size: int = 8
+
+
+@dataclass
+class StudyConfig:
+    """`alignscope study CONFIG.yaml`: everything the study does."""
+
+    name: str
+    output_dir: str
+    models: list[BaseModelConfig]
+    data: str = "hub"
+    """HH-RLHF for the evaluation set and all training: `hub` or a local folder."""
+    evalset: EvalsetConfig = field(default_factory=EvalsetConfig)
+    variants: list[Variant] = field(default_factory=lambda: list(VARIANTS))
+    train: dict[str, VariantTraining] = field(default_factory=dict)
+    """sft, dpo and sftdpo: each variant's recipe; the runner sets model, output_dir and data.source."""
+    exclude_evalset_from_training: bool = True
+    """Leave out training pairs that share a dialogue with the evaluation set (needed when both come from one split)."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    reference_judge: str = OPENASSISTANT_JUDGE
+    """Who rated the reference's answers (named in reports and cards)."""
+    reference: str | None = None
+    """The reference study's rated answers (its OPT-350M variants under OpenAssistant's judge): the judge is
+    validated against them (a distilled judge learns from them), and their Table 1 is set beside this study's."""
+    allow_pickle: bool = False
+
+
+def trained_variants(variants: list[str]) -> list[str]:
+    """The variants to train, in order: sft is trained for sftdpo even when it is not evaluated itself."""
+    needed = set(variants) | ({"sft"} if "sftdpo" in variants else set())
+    return [v for v in VARIANTS if v in needed and v != "base"]
+
+
+def resolve_path(path: str, base_dir: Path) -> Path:
+    """A path as written in a config: as it stands when it exists, else next to the config."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else base_dir / p
+
+
+def variant_overrides(spec: VariantTraining, model: BaseModelConfig, variant: str) -> dict[str, Any]:
+    """The study's settings for one variant's recipe: the variant's, then the base model's own."""
+    return {**spec.set, **model.set.get(variant, {})}
+
+
+def as_override(key: str, value) -> str:
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix(chr(10) + '...').strip()}"
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
+    """Parse and check the whole config before any work: every problem at once, with its line."""
+    raw, node = load_yaml(path)
+    raw = apply_overrides(raw, list(overrides))
+    problems = config_problems(StudyConfig, raw, node) + study_problems(raw, node, Path(path).parent)
+    if problems:
+        texts = list(dict.fromkeys(str(p) for p in sorted(problems, key=lambda p: p.line or 0)))
+        raise ConfigError(str(path), texts)
+    return parse_config(StudyConfig, raw, str(path), node)
+
+
+def study_problems(raw: dict, node, base_dir: Path) -> list[Problem]:
+    """What the schema cannot see, checked on the raw mapping so that a schema error elsewhere
+    hides none of it."""
+    problems: list[Problem] = []
+
+    def report(loc: tuple, text: str) -> None:
+        problems.append(Problem(line_of(node, loc), loc, text))
+
+    allow_pickle = raw.get("allow_pickle") is True
+    data = raw.get("data", "hub")
+    if data == "hub":
+        if os.environ.get("HF_HUB_OFFLINE") and not hub_dataset_cached():
+            report(("data",), "'hub' under HF_HUB_OFFLINE, and Anthropic/hh-rlhf is not in the local hub cache; "
+                              "give a local folder")
+    elif isinstance(data, str) and not Path(data).is_dir():
+        report(("data",), f"{data!r} is neither 'hub' nor an existing folder")
+
+    models = raw.get("models") if isinstance(raw.get("models"), list) else []
+    if "models" in raw and not models:
+        report(("models",), "list at least one base model")
+    names = [m.get("name") for m in models if isinstance(m, dict)]
+    if len(set(map(str, names))) != len(names):
+        report(("models",), f"names must differ, got {names}")
+    for i, m in enumerate(models):
+        if not isinstance(m, dict):
+            continue
+        if isinstance(m.get("name"), str) and not NAME.match(m["name"]):
+            report(("models", i, "name"), f"{m['name']!r} may use letters, digits, '-' and '.' only")
+        if isinstance(m.get("model"), str):
+            for text in model_problems(m["model"], m.get("revision"), allow_pickle):
+                report(("models", i, "model"), text)
+        for variant in m.get("set", {}) if isinstance(m.get("set"), dict) else {}:
+            if variant not in ("sft", "dpo", "sftdpo"):
+                report(("models", i, "set", variant), "expected sft, dpo or sftdpo")
+
+    variants = raw.get("variants", list(VARIANTS))
+    if isinstance(variants, list):
+        if "base" not in variants:
+            report(("variants",), "must include base (every comparison is against it)")
+        if len(set(map(str, variants))) != len(variants):
+            report(("variants",), f"listed twice in {variants}")
+        training_problems(raw, base_dir, [v for v in variants if v in VARIANTS], models, report)
+    judge_problems(raw.get("judge", {}), allow_pickle, report)
+    reference = raw.get("reference")
+    if isinstance(reference, str) and not Path(reference).is_dir():
+        report(("reference",), f"{reference!r} is not a folder of rated answers")
+    if isinstance(raw.get("judge"), dict) and raw["judge"].get("distill") is not None and not reference:
+        report(("judge", "distill"), "a distilled judge learns from the reference's ratings: set `reference`")
+    return problems
+
+
+def training_problems(raw: dict, base_dir: Path, variants: list[str], models: list, report) -> None:
+    """Each variant's recipe, with the study's overrides applied, as TrainConfig would read it.
+    A problem in an override is reported at the study's line; one in the recipe, at the recipe's."""
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    for variant in trained_variants(variants):
+        spec = train.get(variant)
+        if not isinstance(spec, dict) or not isinstance(spec.get("recipe"), str):
+            if spec is None:
+                report(("train", variant), "missing; give the recipe this variant is trained with")
+            continue
+        recipe = resolve_path(spec["recipe"], base_dir)
+        if not recipe.is_file():
+            report(("train", variant, "recipe"), f"{spec['recipe']!r} not found")
+            continue
+        try:
+            recipe_raw, recipe_node = load_yaml(recipe)
+        except InputError as e:
+            report(("train", variant, "recipe"), str(e))
+            continue
+        for i, m in enumerate(models if models else [{}]):
+            if not isinstance(m, dict):
+                continue
+            sets = {("train", variant, "set"): spec.get("set") or {},
+                    ("models", i, "set", variant): (m.get("set") or {}).get(variant) or {}}
+            merged = dict(recipe_raw)
+            for where, values in sets.items():
+                if not isinstance(values, dict):
+                    report(where, "expected a mapping of recipe keys to values")
+                    continue
+                for key, value in values.items():
+                    problem = override_problem(str(key))
+                    if problem:
+                        report(where + (key,), problem)
+                    else:
+                        merged = apply_overrides(merged, [as_override(key, value)])
+            # the runner sets these three
+            merged.update(model="x", output_dir="x", data={**(merged.get("data") or {}), "source": "hub"})
+            for p in config_problems(TrainConfig, merged, recipe_node):
+                owner = next((w for w, values in sets.items() if isinstance(values, dict) and p.path in values), None)
+                if owner:
+                    report(owner + (p.path,), p.message)
+                else:
+                    report(("train", variant, "recipe"), f"{recipe}: {p}")
+
+
+def override_problem(key: str) -> str | None:
+    """Is `key` (a.b.c) a field of a training recipe? Say which was meant if not."""
+    import difflib
+    import typing
+
+    cls: Any = TrainConfig
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None  # inside a free-form value (a list, a mapping)
+        fields = [f.name for f in dataclasses.fields(cls)]
+        if part not in fields:
+            close = difflib.get_close_matches(part, fields, n=1)
+            return "unknown recipe key" + (f"; did you mean {close[0]!r}?" if close else
+                                           f" (known: {', '.join(fields)})")
+        cls = next((t for t in _types_in(typing.get_type_hints(cls)[part]) if dataclasses.is_dataclass(t)), None)
+    return None
+
+
+def _types_in(tp):
+    import typing
+
+    yield tp
+    for arg in typing.get_args(tp):
+        yield from _types_in(arg)
+
+
+def model_problems(spec: str, revision: str | None, allow_pickle: bool) -> list[str]:
+    if spec in PACKAGED:
+        return []
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            return [f"{spec!r} is a folder without config.json, not a model"]
+        try:
+            check_safetensors(path, allow_pickle)
+        except InputError as e:
+            return [str(e)]
+        return []
+    if path.exists() or not looks_like_hub_id(spec):
+        return [f"{spec!r} is not a folder, a packaged model ({', '.join(PACKAGED)}) or a hub id"]
+    if os.environ.get("HF_HUB_OFFLINE"):
+        why = hub_reachable_or_cached(spec, hub_revision(spec, revision))
+        if why:
+            return [f"{why} (HF_HUB_OFFLINE is set)"]
+    return []
+
+
+def judge_problems(judge, allow_pickle: bool, report) -> None:
+    if not isinstance(judge, dict):
+        return
+    given = [k for k in ("train", "distill") if judge.get(k) is not None]
+    if not given and not judge.get("model", OPENASSISTANT_JUDGE):
+        report(("judge",), "give a judge (judge.model), a recipe to train one (judge.train), or settings to "
+                           "distil one (judge.distill)")
+    if len(given) > 1:
+        report(("judge",), "judge.train and judge.distill: choose one")
+    if isinstance(judge.get("distill"), dict):
+        for p in config_problems(DistillConfig, {**judge["distill"], "output_dir": "judge"}):
+            report(("judge", "distill") + p.loc, p.message)
+    elif isinstance(judge.get("train"), dict):
+        for p in config_problems(RewardModelConfig, {**judge["train"], "output_dir": "judge"}):
+            report(("judge", "train") + p.loc, p.message)
+    elif isinstance(judge.get("model", OPENASSISTANT_JUDGE), str):
+        for text in model_problems(judge.get("model", OPENASSISTANT_JUDGE), judge.get("revision"), allow_pickle):
+            report(("judge", "model"), text)
+
+
+def hub_dataset_cached() -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(HUB_DATASET, "harmless-base/test.jsonl.gz", repo_type="dataset")
+    return isinstance(found, str)
