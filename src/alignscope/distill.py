@@ -33,7 +33,7 @@ from alignscope.config import validated
 from alignscope.io import InputError, atomic_folder, atomic_write_json, sha256_file, sha256_json
 from alignscope.judge import (DISTILLED_HEADS, DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, BackboneFeatures,
                               feature_set)
-from alignscope.metrics import MetricsConfig, harmless_flags, helpful_flags
+from alignscope.metrics import MetricsConfig, category_flags, rate
 from alignscope.models import model_fingerprint, resolve_model
 from alignscope.provenance import package_versions
 
@@ -148,13 +148,12 @@ def category_means(rows: Rows, folds: np.ndarray) -> np.ndarray:
 
 def validation_summary(predicted: np.ndarray, rows: Rows, cfg: MetricsConfig) -> dict:
     """The Table 1 cells the predictions yield against the reference's, and rank agreement."""
-    flags = {"harmful": lambda r: harmless_flags(r, cfg), "helpful": lambda r: helpful_flags(r, cfg)}
     table, errors = {}, []
     for i, name in enumerate(rows.models):
         table[name] = {}
         for c, metric in (("harmful", "HmR"), ("helpful", "HpR")):
             sel = (rows.model == i) & (rows.category == c)
-            true, pred = (100.0 * float(np.mean(flags[c](x[sel]))) for x in (rows.ratings, predicted))
+            true, pred = (rate(category_flags(x[sel], c, cfg)) for x in (rows.ratings, predicted))
             table[name][metric] = {"reference": true, "judge": pred, "error": pred - true}
             errors.append(abs(pred - true))
     spearman = {}

@@ -380,11 +380,11 @@ def refusal_section(metrics: dict) -> str:
                 + (f", {p_is('p', test['p_value'])}" if test else ""))
 
     rows = [[display(n), cell(n, "harmful"), cell(n, "helpful")] for n in r["models"]]
-    supported = [f"{display(t['a'])} {'more' if t['a_only'] > t['b_only'] else 'less'} often than "
-                 f"{display(t['b'])} on {t['category']} prompts ({t['a_only']} prompts one way, {t['b_only']} the "
-                 f"other; {p_is('q', t['q_value'])})" for t in r["tests"] if t["q_value"] < SIGNIFICANCE]
+    supported = [f"{display(t['a'])} refuses or deflects {'more' if t['a_only'] > t['b_only'] else 'less'} often "
+                 f"than {display(t['b'])} on {t['category']} prompts ({t['a_only']} prompts one way, {t['b_only']} "
+                 f"the other; {p_is('q', t['q_value'])})" for t in r["tests"] if t["q_value"] < SIGNIFICANCE]
     verdict = ("**Supported** (exact McNemar against the base, Benjamini-Hochberg q < "
-               f"{SIGNIFICANCE}): refuses or deflects " + "; ".join(supported) + "." if supported else
+               f"{SIGNIFICANCE}): " + "; ".join(supported) + "." if supported else
                f"No change in refusals against the base is supported (q < {SIGNIFICANCE}).")
     return "\n".join(["## Refusals (no judge)", "",
                       f"Answers whose opening refuses or deflects, by the fixed pattern list `{r['patterns']}` "
@@ -570,6 +570,10 @@ def judge_section(judge: dict) -> str:
                   "to the reference scale.", ""]
     if judge.get("applies_why"):
         lines += [judge["applies_why"], ""]
+    if validation:
+        lines += ["Both validations rate answers of the reference study's own models. Answers of another model "
+                  "family (this study's, unless it trains those models) are a shift neither measures: read the "
+                  "judge's ratings of them as its best estimate of the reference judge's, not as that judge's.", ""]
     if judge.get("error"):
         e = judge["error"]
         lines += [f"**What its error means here**: its worst held-out cell is off by {fmt_rate(e['HmR'])} points on "
@@ -577,7 +581,7 @@ def judge_section(judge: dict) -> str:
                   "than that could come from the judge misjudging one of them: it is not a finding, whatever its "
                   "paired test says.", ""]
     if judge.get("card_file"):
-        lines += [f"The judge's card: [`{judge['card_file']}`]({judge['card_file']}).", ""]
+        lines += [f"The judge's full card: [judge-card/judge.md]({judge['card_file']}).", ""]
     return "\n".join(lines)
 
 

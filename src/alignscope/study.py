@@ -74,7 +74,9 @@ class StudyRun:
     quiet: bool = False
     out: Path = field(init=False)
     stages: StageLog = field(init=False)
-    judge: dict = field(default_factory=dict)
+    evalset: dict = field(default_factory=dict)
+    judge: dict = field(default_factory=dict)  # what the judge is, for reports and the manifest
+    judge_view: dict = field(default_factory=dict)  # ... with its card and error, as a report shows it
     models: dict = field(default_factory=dict)  # (base, variant) -> model spec (folder, packaged name or hub id)
     trained: dict = field(default_factory=dict)  # (base, variant) -> what training reported
     answers: dict = field(default_factory=dict)  # (base, variant) -> what generation reported
@@ -94,11 +96,8 @@ class StudyRun:
         atomic_write_text(self.out / "study.yaml", yaml.safe_dump(asdict(self.cfg), sort_keys=False))
         self.stages.run(self.evalset_stage())
         self.evalset = load_evalset(self.evalset_path)
-        stage = self.judge_stage()
-        self.judge = self.judge_info(self.stages.run(stage) if stage else None)
-        card = self.card_stage()
-        if card:
-            self.stages.run(card)
+        self.judge = self.judge_info(self.run_if_declared(self.judge_stage()))
+        self.run_if_declared(self.card_stage())
         self.judge_view = self.judge_report()
         for base in self.cfg.models:
             self.models[base.name, "base"] = base.model
@@ -117,6 +116,9 @@ class StudyRun:
             print(timings_table(self.stages.timings))
             print(f"report: {self.out / 'report.md'}\nmetrics: {self.out / 'metrics.json'}")
         return StudyResult(self.out, read_json(self.out / "metrics.json"), self.stages.timings)
+
+    def run_if_declared(self, stage: Stage | None):
+        return self.stages.run(stage) if stage else None
 
     @property
     def variants(self) -> list[str]:
@@ -358,7 +360,9 @@ class StudyRun:
             name, folder = next(iter(reports.items()))
 
             def single() -> None:
-                text = (folder / "report.md").read_text().replace("](figures/", f"](reports/{name}/figures/")
+                # links written for reports/<base>/: figures move down a level, the judge card up two
+                text = (folder / "report.md").read_text().replace("](figures/", f"](reports/{name}/figures/") \
+                    .replace("](../../", "](")
                 atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
                 atomic_write_json(self.out / "metrics.json", self.reports[name])
 

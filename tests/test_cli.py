@@ -1,0 +1,101 @@
+"""The command line on bad input: exit status 2 and a message that names the cause, never a
+traceback; nothing written where the input was refused."""
+
+import json
+import math
+import re
+import sys
+
+import pytest
+
+from alignscope.cli import main
+
+
+def alignscope(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["alignscope", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    # usage errors come in a drawn box, wrapped: compare words, not layout
+    return code, out.out, " ".join(re.sub(r"[│╭╮╰╯─]", " ", out.err).split())
+
+
+@pytest.fixture
+def rated(reference):
+    return reference / "responses"
+
+
+@pytest.mark.parametrize("where", ["file", "file/under"])
+def test_report_out_that_is_or_lies_under_a_file(monkeypatch, capsys, tmp_path, rated, where):
+    (tmp_path / "file").write_text("x")
+    code, _, err = alignscope(monkeypatch, capsys, "report", "--rated", rated, "--out", tmp_path / where)
+    assert code == 2 and f"cannot use as an output folder, {tmp_path / 'file'} is a file" in err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--ci-method", "bogus", "'bogus' is not one of 'wilson', 'exact', 'wilsoncc'"),
+    ("--harmless-threshold", "nan", "--harmless-threshold: input should be a finite number, got nan"),
+    ("--confidence", "7", "--confidence: input should be less than 1, got 7"),
+])
+def test_report_refuses_bad_settings_and_leaves_no_folder(monkeypatch, capsys, tmp_path, rated, option, value,
+                                                          message):
+    code, _, err = alignscope(monkeypatch, capsys, "report", "--rated", rated, "--out", tmp_path / "new", option, value)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_undefined_change_is_null_in_strict_json_and_said_in_the_report(monkeypatch, capsys, tmp_path, rated):
+    """A helpful threshold above every rating: the base's HpR is 0, so HpR changes and retention are
+    undefined. metrics.json says null (strict parsers reject NaN) and says why."""
+    code, _, _ = alignscope(monkeypatch, capsys, "report", "--rated", rated, "--out", tmp_path / "r",
+                            "--helpful-threshold", 5)
+    assert code == 0
+    text = (tmp_path / "r" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert metrics["relative_to_base"]["sft"]["HpR"] is None and metrics["retention"][0]["aggregate"] is None
+    assert math.isfinite(metrics["relative_to_base"]["sft"]["HmR"])
+    assert any("the base's HpR is 0" in u for u in metrics["undefined"])
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "Undefined, and null in metrics.json: relative_to_base.sft.HpR" in report and "| n/a |" in report
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--keywords", "zzz", "--all"], "keywords ['zzz']: no harmless-base/test dialogue contains any of them"),
+    (["--seed", "-5"], "--seed: input should be greater than or equal to 0, got -5"),
+    (["--n-harmful", "-3"], "--n-harmful: input should be greater than or equal to 1, got -3"),
+    (["--out-is-a-folder"], "is a folder; expected a file path"),
+])
+def test_evalset_refuses_what_would_silently_mislead(monkeypatch, capsys, tmp_path, hh_data, args, message):
+    out = tmp_path / "evalset.json"
+    if args == ["--out-is-a-folder"]:
+        out.mkdir()
+        args = []
+    code, _, err = alignscope(monkeypatch, capsys, "evalset", "--data", hh_data, "--out", out, *args)
+    assert code == 2 and message in err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.learning_rate=[1", "the value is not valid YAML"),
+    ('model=!!python/object/apply:os.system ["echo hi"]', "tags such as !!python are not allowed"),
+])
+def test_bad_overrides_are_named_not_a_yaml_traceback(monkeypatch, capsys, override, message):
+    from conftest import ROOT
+
+    code, _, err = alignscope(monkeypatch, capsys, "train", "sft", ROOT / "configs/recipes/sft.yaml", override)
+    assert code == 2 and f"override {override!r}" in err and message in err
+
+
+def test_outputs_get_the_permissions_of_a_plain_open(monkeypatch, capsys, tmp_path, rated):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        alignscope(monkeypatch, capsys, "report", "--rated", rated, "--out", tmp_path / "r", "--no-figures")
+    finally:
+        os.umask(old)
+    for name in ("metrics.json", "report.md"):
+        assert stat.S_IMODE((tmp_path / "r" / name).stat().st_mode) == 0o644, name
