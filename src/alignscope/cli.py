@@ -192,7 +192,7 @@ def train_cmd(
     typer.echo(f"model: {result.model_dir}")
 
 
-def progress(total: int, desc: str):
+def progress(total: int | None, desc: str):
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="answer", leave=False, disable=None)
@@ -262,7 +262,7 @@ def train_rm_cmd(
 def train_judge_cmd(cfg: DistillConfig):
     """Distil a reference judge's ratings (OpenAssistant's, of the reference study's answers) into a judge
     on a packaged backbone; validates it leaving each model out and leaving prompts out."""
-    bar, tick = progress(0, "features")
+    bar, tick = progress(None, "answers read by the backbone")
     record = train_judge(cfg, progress=tick)
     bar.close()
     for scheme, v in record["validation"].items():
