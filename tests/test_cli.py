@@ -88,6 +88,17 @@ def test_bad_overrides_are_named_not_a_yaml_traceback(monkeypatch, capsys, overr
     assert code == 2 and f"override {override!r}" in err and message in err
 
 
+def test_a_bad_study_override_names_the_override_and_no_line_of_the_file(monkeypatch, capsys, hh_data, tmp_path):
+    from conftest import ROOT
+
+    code, _, err = alignscope(monkeypatch, capsys, "study", ROOT / "configs/offline-demo.yaml", f"data={hh_data}",
+                              f"output_dir={tmp_path / 'study'}", "evalset.n_harmful=-3", "generate.max_new_tokens=0")
+    assert code == 2 and "2 problems" in err and "line " not in err
+    assert "override 'evalset.n_harmful=-3', evalset.n_harmful: input should be greater than or equal to 1" in err
+    assert "override 'generate.max_new_tokens=0', generate.max_new_tokens" in err
+    assert not (tmp_path / "study").exists()
+
+
 def test_outputs_get_the_permissions_of_a_plain_open(monkeypatch, capsys, tmp_path, rated):
     import os
     import stat

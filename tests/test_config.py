@@ -32,3 +32,15 @@ def test_invalid_yaml_names_the_line(tmp_path):
     path.write_text("split: test\nsubsets: [a, b\nlimit: 3\n")
     with pytest.raises(InputError, match=r"c.yaml, line \d: not valid YAML"):
         load_config(DataConfig, path)
+
+
+def test_a_bad_override_is_blamed_on_the_override_not_on_the_file_line_it_replaced(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("split: test\nlimit: 5\nstrict: true\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(DataConfig, path, ["limit=many", "splitt=train", "strict=maybe", "strict=false"])
+    text = str(e.value)
+    assert "2 problems" in text  # the later strict=false is the one in effect
+    assert "override 'limit=many', limit: input should be a valid integer" in text
+    assert "override 'splitt=train', splitt: unknown key; did you mean 'split'?" in text
+    assert "line 2" not in text

@@ -115,3 +115,38 @@ def test_packaged_smollm2_converts_once_and_trains(hh_data, tmp_path):
     assert len([x for x in result.log_history if "loss" in x]) == 2
     tok = json.loads((result.model_dir / "tokenizer_config.json").read_text())
     assert tok.get("pad_token") == "<|endoftext|>"  # not its EOS, <|im_end|>
+
+
+def test_every_declared_drop_probability_is_zeroed_whatever_the_architecture_calls_it():
+    """OPT's `dropout` (applied functionally), GPT-2's `*_pdrop`, a nested mapping (as MPT's
+    attn_config once was) and a composite model's text sub-config: DPO must score policy and
+    reference without any of them."""
+    from transformers import GPT2Config, Gemma3Config, OPTConfig
+
+    from alignscope.models import disable_dropout_in_config
+
+    opt = OPTConfig(dropout=0.1, attention_dropout=0.1, layerdrop=0.2)
+    assert sorted(disable_dropout_in_config(opt)) == ["attention_dropout", "dropout", "layerdrop"]
+    assert (opt.dropout, opt.attention_dropout, opt.layerdrop) == (0, 0, 0)
+    gpt2 = GPT2Config()
+    assert {"resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"} <= set(disable_dropout_in_config(gpt2))
+    assert gpt2.resid_pdrop == gpt2.embd_pdrop == gpt2.attn_pdrop == gpt2.summary_first_dropout == 0
+    nested = OPTConfig(dropout=0.0, attention_dropout=0.0, attn_config={"attn_pdrop": 0.1, "alibi": True})
+    assert disable_dropout_in_config(nested) == ["attn_config.attn_pdrop"]
+    assert nested.attn_config == {"attn_pdrop": 0.0, "alibi": True}
+    gemma = Gemma3Config(text_config={"attention_dropout": 0.1})
+    assert "text_config.attention_dropout" in disable_dropout_in_config(gemma)
+    assert gemma.text_config.attention_dropout == 0
+    assert disable_dropout_in_config(gemma) == []  # nothing left to switch off
+
+
+def test_a_dpo_reference_from_another_repo_loads_at_its_own_revision_not_the_policys():
+    from alignscope.train import DPOSettings, reference_revision
+
+    policy_only = TrainConfig(method="dpo", model="facebook/opt-350m", output_dir="x", revision="refs/pr/24")
+    assert reference_revision(policy_only) == "refs/pr/24"  # the reference is the policy's start
+    other = TrainConfig(method="dpo", model="facebook/opt-350m", output_dir="x", revision="refs/pr/24",
+                        dpo=DPOSettings(reference="facebook/opt-125m", reference_revision="refs/pr/35"))
+    assert reference_revision(other) == "refs/pr/35"
+    assert reference_revision(TrainConfig(method="dpo", model="m", output_dir="x", revision="r",
+                                          dpo=DPOSettings(reference="other/model"))) is None

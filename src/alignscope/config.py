@@ -118,22 +118,41 @@ def _describe(err: dict, cls: type, loc: tuple) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One thing wrong with a config: where (YAML line, field path) and what."""
+    """One thing wrong with a config: where (YAML line, or the command-line override that set
+    the value; field path) and what."""
 
     line: int | None
     loc: tuple
     message: str
+    override: str | None = None
 
     @property
     def path(self) -> str:
         return ".".join(str(p) for p in self.loc) or "(top level)"
 
     def __str__(self) -> str:
-        return (f"line {self.line}, " if self.line else "") + f"{self.path}: {self.message}"
+        where = f"override {self.override!r}, " if self.override else f"line {self.line}, " if self.line else ""
+        return where + f"{self.path}: {self.message}"
 
 
-def config_problems(cls: type, data: dict, node: yaml.Node | None = None) -> list[Problem]:
-    """Everything wrong with `data` as a `cls`, in line order."""
+def override_of(loc: tuple, overrides: list[str] = ()) -> str | None:
+    """The command-line override (key=value) that set the value at `loc`, or inside which it lies:
+    its problem is the override's, not the file line's that the override replaced."""
+    loc = tuple(str(p) for p in loc)
+    for item in reversed(overrides):  # the last override of a key is the one in effect
+        path = tuple(item.partition("=")[0].split("."))
+        if loc[:len(path)] == path:
+            return item
+    return None
+
+
+def locate(node: yaml.Node | None, loc: tuple, message: str, overrides: list[str] = ()) -> Problem:
+    override = override_of(loc, overrides)
+    return Problem(None if override else line_of(node, loc), loc, message, override)
+
+
+def config_problems(cls: type, data: dict, node: yaml.Node | None = None, overrides: list[str] = ()) -> list[Problem]:
+    """Everything wrong with `data` (a file's `node`, then `overrides`) as a `cls`, in line order."""
     _forbid_extra(cls)
     try:
         TypeAdapter(cls).validate_python(data)
@@ -142,14 +161,15 @@ def config_problems(cls: type, data: dict, node: yaml.Node | None = None) -> lis
         for err in e.errors():
             # pydantic adds steps of its own (validators, union members) to a location
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            found.append(Problem(line_of(node, loc), loc, _describe(err, cls, loc)))
+            found.append(locate(node, loc, _describe(err, cls, loc), overrides))
         return sorted(set(found), key=lambda p: (p.line or 0, p.path))
     return []
 
 
-def parse_config(cls: type[T], data: dict, source: str = "config", node: yaml.Node | None = None) -> T:
+def parse_config(cls: type[T], data: dict, source: str = "config", node: yaml.Node | None = None,
+                 overrides: list[str] = ()) -> T:
     """Validate `data` into `cls`, raising one ConfigError that lists every problem."""
-    problems = config_problems(cls, data, node)
+    problems = config_problems(cls, data, node, overrides)
     if problems:
         raise ConfigError(source, [str(p) for p in problems])
     return TypeAdapter(cls).validate_python(data)
@@ -178,7 +198,7 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def load_config(cls: type[T], path: str | Path, overrides: list[str] = ()) -> T:
     data, node = load_yaml(path)
-    return parse_config(cls, apply_overrides(data, overrides), str(path), node)
+    return parse_config(cls, apply_overrides(data, overrides), str(path), node, list(overrides))
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

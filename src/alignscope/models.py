@@ -276,20 +276,36 @@ def load_tokenizer(path: str, revision: str | None = None):
     return tok
 
 
+def is_dropout_key(key: str) -> bool:
+    """A config field that is a drop probability: `dropout`, `attention_dropout`, GPT-2's
+    `resid_pdrop`, `layerdrop` (skipping whole layers)..."""
+    key = str(key).lower()
+    return "dropout" in key or key.endswith("pdrop") or key == "layerdrop"
+
+
 def disable_dropout_in_config(config) -> list[str]:
-    """Zero every dropout probability a model config declares (and its sub-configs'); returns their names.
+    """Zero every drop probability a model config declares, in its sub-configs and nested
+    mappings too (MPT's attn_config); returns their dotted names.
 
     Needed because some architectures apply dropout functionally: OPT calls
     nn.functional.dropout(p=config.dropout), which no nn.Dropout module switch reaches,
     so TRL's disable_dropout leaves it on and DPO scores policy and reference under
-    independent random masks. `layerdrop` (skipping whole layers) counts too."""
+    independent random masks."""
+    from transformers import PretrainedConfig
+
     changed = []
-    configs = [config] + [getattr(config, k) for k in getattr(config, "sub_configs", {}) if getattr(config, k, None)]
-    for cfg in configs:
-        for key, value in list(vars(cfg).items()):
-            if ("dropout" in key or key == "layerdrop") and isinstance(value, float) and value > 0:
-                setattr(cfg, key, 0.0)
-                changed.append(key)
+
+    def walk(fields: dict, prefix: str, assign) -> None:
+        for key, value in list(fields.items()):
+            if isinstance(value, PretrainedConfig):
+                walk(vars(value), f"{prefix}{key}.", lambda k, v, c=value: setattr(c, k, v))
+            elif isinstance(value, dict):
+                walk(value, f"{prefix}{key}.", value.__setitem__)
+            elif is_dropout_key(key) and isinstance(value, float) and not isinstance(value, bool) and value > 0:
+                assign(key, 0.0)
+                changed.append(prefix + key)
+
+    walk(vars(config), "", lambda k, v: setattr(config, k, v))
     return changed
 
 

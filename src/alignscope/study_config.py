@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from alignscope.config import ConfigError, Problem, apply_overrides, config_problems, line_of, load_yaml, parse_config
+from alignscope.config import ConfigError, Problem, apply_overrides, config_problems, load_yaml, locate, parse_config
 from alignscope.data import HUB_DATASET
 from alignscope.distill import DistillConfig
 from alignscope.evalset import EvalsetConfig
@@ -130,21 +130,23 @@ def as_override(key: str, value) -> str:
 def load_study(path: str | Path, overrides: list[str] = ()) -> StudyConfig:
     """Parse and check the whole config before any work: every problem at once, with its line."""
     raw, node = load_yaml(path)
-    raw = apply_overrides(raw, list(overrides))
-    problems = config_problems(StudyConfig, raw, node) + study_problems(raw, node, Path(path).parent)
+    overrides = list(overrides)
+    raw = apply_overrides(raw, overrides)
+    problems = config_problems(StudyConfig, raw, node, overrides) + study_problems(raw, node, Path(path).parent,
+                                                                                   overrides)
     if problems:
         texts = list(dict.fromkeys(str(p) for p in sorted(problems, key=lambda p: p.line or 0)))
         raise ConfigError(str(path), texts)
     return parse_config(StudyConfig, raw, str(path), node)
 
 
-def study_problems(raw: dict, node, base_dir: Path) -> list[Problem]:
+def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -> list[Problem]:
     """What the schema cannot see, checked on the raw mapping so that a schema error elsewhere
     hides none of it."""
     problems: list[Problem] = []
 
     def report(loc: tuple, text: str) -> None:
-        problems.append(Problem(line_of(node, loc), loc, text))
+        problems.append(locate(node, loc, text, overrides))
 
     allow_pickle = raw.get("allow_pickle") is True
     data = raw.get("data", "hub")

@@ -31,7 +31,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from alignscope.config import load_config, validated
-from alignscope.data import DataConfig, HHPair, data_fingerprint, load_pairs
+from alignscope.data import DataConfig, HHPair, LoadedData, data_fingerprint, load_pairs
 from alignscope.io import (InputError, atomic_folder, atomic_write_json, atomic_write_text, read_json,
                            replace_folder, sha256_json)
 from alignscope.models import choose_precision, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
@@ -96,6 +96,8 @@ class DPOSettings:
     loss_type: str = "sigmoid"
     reference: str | None = None
     """Reference model; default: the policy's own starting weights (with LoRA, the adapter switched off)."""
+    reference_revision: str | None = None
+    """Hub revision of `reference` when it is another hub model (the policy's `revision` is its own)."""
     precompute_ref_log_probs: bool = False
     disable_dropout: bool = True
     """Switch off every dropout the model's config declares, for policy and reference alike."""
@@ -142,8 +144,11 @@ def recipe_hash(cfg: TrainConfig) -> str:
         d["training"].pop(key)
     d.pop("output_dir")
     d["model"] = model_fingerprint(resolve_model(cfg.model, cfg.allow_pickle), cfg.revision)
+    # the reference's fingerprint names the commit its revision resolves to
+    d["dpo"].pop("reference_revision")
     if cfg.dpo.reference:
-        d["dpo"]["reference"] = model_fingerprint(resolve_model(cfg.dpo.reference, cfg.allow_pickle), cfg.revision)
+        d["dpo"]["reference"] = model_fingerprint(resolve_model(cfg.dpo.reference, cfg.allow_pickle),
+                                                  reference_revision(cfg))
     d["data"] = data_fingerprint(cfg.data)
     return sha256_json(d)
 
@@ -285,26 +290,26 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, dataset, ref_model=None, p
     return resumable(DPOTrainer)(ref_model=ref_model, **kwargs)
 
 
-def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResult:
-    """Run a recipe to completion, or resume it. `stop_after_step` simulates a kill (tests)."""
-    import torch
+@dataclass
+class Setup:
+    """What a run trains with, all loaded (and so checked) before any training starts."""
 
-    cfg = validated(cfg, "recipe")
-    out = Path(cfg.output_dir)
-    done = out / DONE_FILE
-    digest = recipe_hash(cfg)
-    if done.is_file():
-        doc = read_json(done)
-        if doc.get("recipe_hash") == digest:
-            return TrainResult(out, out / "model", read_json(out / "train_log.json"), skipped=True)
-        raise InputError(f"{out} holds a finished run of a different recipe; choose another output_dir "
-                         "or delete that folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.training.num_threads:
-        torch.set_num_threads(cfg.training.num_threads)
-    started = time.time()
+    model: object
+    resolved: str
+    tokenizer: object
+    loaded: LoadedData
+    ref_model: object | None
+    precision: str
+    dropout_disabled: bool
 
-    # Everything that can be wrong with the recipe fails here, before any training.
+
+def reference_revision(cfg: TrainConfig) -> str | None:
+    """The hub revision of the DPO reference: its own when it is another model, else the policy's."""
+    return cfg.dpo.reference_revision if cfg.dpo.reference else cfg.revision
+
+
+def setup(cfg: TrainConfig) -> Setup:
+    """Everything that can be wrong with the recipe fails here, before any training."""
     no_dropout = disables_dropout(cfg)
     model, resolved = load_causal_lm(cfg.model, cfg.allow_pickle, cfg.revision, disable_dropout=no_dropout)
     if cfg.lora:
@@ -316,43 +321,71 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
     ref_model = None
     if cfg.method == "dpo" and (cfg.dpo.reference or not cfg.lora):
         # Without LoRA, TRL would reload the reference from config._name_or_path; load it ourselves.
-        ref_model, _ = load_causal_lm(cfg.dpo.reference or cfg.model, cfg.allow_pickle, cfg.revision,
+        ref_model, _ = load_causal_lm(cfg.dpo.reference or cfg.model, cfg.allow_pickle, reference_revision(cfg),
                                       disable_dropout=no_dropout)
-    precision = choose_precision(cfg.training.precision)
+    return Setup(model, resolved, tokenizer, loaded, ref_model, choose_precision(cfg.training.precision), no_dropout)
 
-    dataset = sft_dataset(loaded.pairs) if cfg.method == "sft" else dpo_dataset(loaded.pairs)
+
+def finished_run(out: Path, digest: str) -> TrainResult | None:
+    """A finished run of this very recipe in `out`; a finished run of another is refused."""
+    if not (out / DONE_FILE).is_file():
+        return None
+    if read_json(out / DONE_FILE).get("recipe_hash") == digest:
+        return TrainResult(out, out / "model", read_json(out / "train_log.json"), skipped=True)
+    raise InputError(f"{out} holds a finished run of a different recipe; choose another output_dir "
+                     "or delete that folder")
+
+
+def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResult:
+    """Run a recipe to completion, or resume it. `stop_after_step` simulates a kill (tests)."""
+    import torch
+
+    cfg = validated(cfg, "recipe")
+    out = Path(cfg.output_dir)
+    digest = recipe_hash(cfg)
+    if finished := finished_run(out, digest):
+        return finished
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    started = time.time()
+    s = setup(cfg)
+    dataset = sft_dataset(s.loaded.pairs) if cfg.method == "sft" else dpo_dataset(s.loaded.pairs)
     checkpoints = out / "checkpoints"
     with compact_lm_head(cfg.training.compact_lm_head), training_logs(cfg.training, out):
-        trainer = build_trainer(cfg, model, tokenizer, dataset, ref_model, precision, checkpoints)
-        main = trainer.accelerator.is_main_process
-        if main:
-            # TRL drops rows whose prompt alone fills max_length: record the rows actually trained on
-            trained = list(trainer.train_dataset["id"])
-            kept = set(trained)
-            atomic_write_text(out / "recipe.yaml", _yaml(asdict(cfg)))
-            atomic_write_json(out / "data_manifest.json", {
-                **loaded.summary, "rows_trained": len(trained),
-                "dropped_by_trainer": [p.id for p in loaded.pairs if p.id not in kept],
-                "rows": trained, "rows_sha256": sha256_json(trained)})
+        trainer = build_trainer(cfg, s.model, s.tokenizer, dataset, s.ref_model, s.precision, checkpoints)
+        if trainer.accelerator.is_main_process:
+            write_run_inputs(cfg, s.loaded, trainer, out)
         if stop_after_step is not None:
             trainer.add_callback(_stop_at(stop_after_step))
         resume = last_complete_checkpoint(checkpoints)
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    model_dir = save_outputs(trainer, tokenizer, cfg, out)
-    log = trainer.state.log_history
-    if main:
-        atomic_write_json(out / "train_log.json", log)
-        atomic_write_json(done, {
-            "recipe_hash": digest, "model_dir": str(model_dir), "precision": precision,
-            "resolved_model": resolved, "revision": cfg.revision,
-            "start_fingerprint": model_fingerprint(resolved, cfg.revision), "seed": cfg.training.seed,
-            "dropout_disabled": no_dropout, "global_step": trainer.state.global_step,
+    model_dir = save_outputs(trainer, s.tokenizer, cfg, out)
+    if trainer.accelerator.is_main_process:
+        atomic_write_json(out / "train_log.json", trainer.state.log_history)
+        atomic_write_json(out / DONE_FILE, {
+            "recipe_hash": digest, "model_dir": str(model_dir), "precision": s.precision,
+            "resolved_model": s.resolved, "revision": cfg.revision,
+            "start_fingerprint": model_fingerprint(s.resolved, cfg.revision), "seed": cfg.training.seed,
+            "dropout_disabled": s.dropout_disabled, "global_step": trainer.state.global_step,
             "resumed_from": str(resume) if resume else None, "seconds": round(time.time() - started, 1),
             "processes": trainer.accelerator.num_processes, "versions": package_versions()})
         if not cfg.training.keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)  # done.json makes them unnecessary
-    return TrainResult(out, model_dir, log)
+    return TrainResult(out, model_dir, trainer.state.log_history)
+
+
+def write_run_inputs(cfg: TrainConfig, loaded: LoadedData, trainer, out: Path) -> None:
+    """recipe.yaml and data_manifest.json. TRL drops rows whose prompt alone fills max_length:
+    the manifest records the rows actually trained on."""
+    trained = list(trainer.train_dataset["id"])
+    kept = set(trained)
+    atomic_write_text(out / "recipe.yaml", _yaml(asdict(cfg)))
+    atomic_write_json(out / "data_manifest.json", {
+        **loaded.summary, "rows_trained": len(trained), "dropped_by_trainer": [p.id for p in loaded.pairs
+                                                                              if p.id not in kept],
+        "rows": trained, "rows_sha256": sha256_json(trained)})
 
 
 class TrainingInterrupted(RuntimeError):
