@@ -64,13 +64,13 @@ def openassistant_rm(target: Path, layers: int = 1, seed: int = 0) -> Path:
     return target
 
 
-def hub_cache(home: Path, repo: str, commit: str, folder: Path, ref: str | None = None) -> Path:
+def hub_cache(home: Path, repo: str, commit: str, folder: Path, ref: str | None = None, main: bool = True) -> Path:
     """Lay `folder` out as the local hub cache under HF_HOME=`home` holds `repo` at `commit`
-    (and, with `ref`, the branch that points at it, e.g. refs/pr/3)."""
+    (and the branches that point at it: `main` unless told otherwise, and `ref`, e.g. refs/pr/3)."""
     root = home / "hub" / f"models--{repo.replace('/', '--')}"
     snapshot = root / "snapshots" / commit
     shutil.copytree(folder, snapshot)
-    for name in ("main",) + ((ref,) if ref else ()):
+    for name in (("main",) if main else ()) + ((ref,) if ref else ()):
         (root / "refs" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "refs" / name).write_text(commit)
     return snapshot

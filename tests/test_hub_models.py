@@ -109,10 +109,17 @@ def test_openassistant_tokenizer_needs_the_explicit_cut_and_keeps_the_answer_who
 
 def test_the_hub_path_offline_loads_the_pinned_safetensors_revisions(opt, rm, tmp_path):
     """`facebook/opt-350m` and OpenAssistant's judge by hub id, with HF_HUB_OFFLINE=1 and a local hub
-    cache: each resolves to the revision that holds safetensors (main holds only pickles), and
-    the fingerprint records the commit the weights came from."""
-    hub_cache(tmp_path / "hf", OPT_REPO, OPT_SHA, opt)
-    hub_cache(tmp_path / "hf", OA_REPO, OA_SHA, rm, ref=OA_REF)
+    cache whose `main` holds only pickled weights, as on the hub: each resolves to the revision
+    that holds safetensors, and the fingerprint records the commit the weights came from."""
+    pickled = tmp_path / "pickle-only"
+    pickled.mkdir()
+    for f in ("config.json", "tokenizer_config.json"):
+        (pickled / f).write_text((opt / f).read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"a pickle that must never be loaded")
+    hub_cache(tmp_path / "hf", OPT_REPO, "1" * 40, pickled)
+    hub_cache(tmp_path / "hf", OPT_REPO, OPT_SHA, opt, ref=None, main=False)
+    hub_cache(tmp_path / "hf", OA_REPO, "2" * 40, pickled)
+    hub_cache(tmp_path / "hf", OA_REPO, OA_SHA, rm, ref=OA_REF, main=False)
     code = f"""
 import json
 from alignscope.judge import RewardModel
@@ -121,6 +128,7 @@ model, resolved = load_causal_lm({OPT_REPO!r})
 tok = load_tokenizer(resolved)
 judge = RewardModel({OA_REPO!r})
 print(json.dumps({{"opt": model_fingerprint({OPT_REPO!r}), "oa": model_fingerprint({OA_REPO!r}),
+                  "main": model_fingerprint({OPT_REPO!r}, "main"),
                   "layers": model.config.num_hidden_layers, "pad": tok.pad_token,
                   "rating": judge.rate(["Human: Hi"], ["Hello."])[0][0]}}))
 """
@@ -130,4 +138,70 @@ print(json.dumps({{"opt": model_fingerprint({OPT_REPO!r}), "oa": model_fingerpri
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["opt"] == f"hub:{OPT_REPO}@{OPT_SHA}" and out["oa"] == f"hub:{OA_REPO}@{OA_SHA}"
+    assert out["main"] == f"hub:{OPT_REPO}@{'1' * 40}"  # main is there, and it is not what loaded
     assert out["layers"] == 2 and out["pad"] == "<pad>" and math.isfinite(out["rating"])
+    # main itself, with safetensors only, is refused: nothing falls back to the pickle
+    main = subprocess.run([sys.executable, "-c", f"from alignscope.models import load_causal_lm; "
+                                                 f"load_causal_lm({OPT_REPO!r}, revision='main')"],
+                          env=env, capture_output=True, text=True, cwd=ROOT)
+    assert main.returncode != 0 and "could not load model 'facebook/opt-350m' at revision 'main'" in main.stderr
+
+
+FAKE_HUB = """
+import json, os, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Hub(BaseHTTPRequestHandler):
+    # answers as the hub does: a model's info for opt-125m (at a commit its pin does not name), 401 for the rest
+    def do_GET(self):
+        if "/api/models/facebook/opt-125m/" in self.path:
+            self.send_response(200)
+            body = json.dumps({"id": "facebook/opt-125m", "sha": "9" * 40}).encode()
+        else:
+            self.send_response(401)
+            body = json.dumps({"error": "Invalid credentials in Authorization header"}).encode()
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
+from alignscope.data import resolve_file
+from alignscope.io import InputError
+from alignscope.models import hub_commit
+calls = {"judge": lambda: hub_commit("OpenAssistant/reward-model-deberta-v3-large-v2", "refs/pr/3"),
+         "moved pin": lambda: hub_commit("facebook/opt-125m", "refs/pr/35"),
+         "data": lambda: resolve_file("hub", "harmless-base", "test")}
+out = {}
+for name, call in calls.items():
+    try:
+        out[name] = "ok " + str(call())
+    except InputError as e:
+        out[name] = str(e)
+server.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_a_hub_that_answers_no_is_not_read_as_no_network_and_a_moved_pin_is_refused(rm, tmp_path):
+    """A hub on loopback answering 401 (as it does to a bad token): the error says so, instead of
+    falling back to the local cache (where the judge is) or advising a local copy for lack of
+    network. A pinned refs/pr branch found at another commit is refused, naming both."""
+    hub_cache(tmp_path / "hf", OA_REPO, OA_SHA, rm, ref=OA_REF)  # cached: a fallback would have found it
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {"HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run([sys.executable, "-c", FAKE_HUB], env=env, capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "401 Unauthorized" in out["judge"] and "cache" not in out["judge"], out["judge"]
+    assert out["moved pin"].startswith("hub model 'facebook/opt-125m': its branch 'refs/pr/35' now points at "
+                                       f"commit {'9' * 40}, not at 1f44ae8")
+    assert out["data"].startswith("the hub refused Anthropic/hh-rlhf/harmless-base/test.jsonl.gz") \
+        and "401 Unauthorized" in out["data"] and "no network" not in out["data"]

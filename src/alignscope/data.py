@@ -21,6 +21,7 @@ from typing import Annotated, Iterator, Literal, get_args
 from pydantic import Field
 
 from alignscope.io import InputError, read_json, sha256_file
+from alignscope.models import is_network_error
 
 HUB_DATASET = "Anthropic/hh-rlhf"
 Subset = Literal["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"]
@@ -137,14 +138,19 @@ def _local_file(folder: Path, subset: str, split: str) -> Path:
 
 def _hub_file(subset: str, split: str, revision: str | None) -> Path:
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
 
+    name = f"{HUB_DATASET}/{subset}/{split}.jsonl.gz" + (f" at revision {revision!r}" if revision else "")
     try:
         return Path(hf_hub_download(HUB_DATASET, f"{subset}/{split}.jsonl.gz",
                                     repo_type="dataset", revision=revision))
-    except Exception as e:  # network, auth, offline mode: say what to do instead
-        raise InputError(
-            f"could not fetch {HUB_DATASET}/{subset}/{split}.jsonl.gz from the hub ({type(e).__name__}: "
-            f"{e}); with no network, pass a local copy with --data DIR (official layout)") from None
+    except HfHubHTTPError as e:  # the hub answered, and said no (401, 404): not a network problem
+        raise InputError(f"the hub refused {name}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    except Exception as e:
+        if not is_network_error(e):
+            raise
+        raise InputError(f"could not fetch {name} from the hub ({type(e).__name__}: {e}); with no network, "
+                         "pass a local copy with --data DIR (official layout)") from None
 
 
 def resolve_file(source: str, subset: str, split: str, revision: str | None = None) -> Path:

@@ -34,6 +34,15 @@ SAFETENSORS_REVISIONS = {
     "facebook/opt-2.7b": "refs/pr/24",
     "OpenAssistant/reward-model-deberta-v3-large-v2": "refs/pr/3",
 }
+# A refs/pr/N branch can move (anyone may push to a pull request): the commit each pinned
+# branch pointed at when it was pinned, whole or as the hub lists it. A branch found
+# elsewhere is refused, so that other weights never enter a study under the same name.
+# (OpenAssistant's refs/pr/3: its commit was not recorded, so it is only recorded when loaded.)
+PINNED_COMMITS = {
+    ("facebook/opt-125m", "refs/pr/35"): "1f44ae8",
+    ("facebook/opt-1.3b", "refs/pr/25"): "0d66fae",
+    ("facebook/opt-2.7b", "refs/pr/24"): "3db32ac",
+}
 CONVERSION_MARKER = "alignscope-conversion.json"
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
 
@@ -203,7 +212,7 @@ def model_fingerprint(resolved: str, revision: str | None = None) -> str:
     return fingerprint
 
 
-def _is_network_error(e: BaseException) -> bool:
+def is_network_error(e: BaseException) -> bool:
     """No answer from the hub (offline mode, no route, timeout): as opposed to an answer
     that says no (401, 404), which must not read as a cache miss."""
     return isinstance(e, OSError) or any(c.__name__ == "TransportError" for c in type(e).__mro__)
@@ -211,21 +220,33 @@ def _is_network_error(e: BaseException) -> bool:
 
 def hub_commit(repo: str, revision: str | None = None) -> str:
     """"owner/name@<commit>" for a hub id at a revision (branch, tag, refs/pr/N or commit):
-    asked of the hub, or read from the local hub cache when the hub cannot be reached."""
+    asked of the hub, or read from the local hub cache when the hub cannot be reached. A pinned
+    branch (PINNED_COMMITS) that now points elsewhere is refused."""
+    commit = _resolve_commit(repo, revision)
+    expected = PINNED_COMMITS.get((repo, revision))
+    if expected and not commit.startswith(expected):
+        raise InputError(
+            f"hub model {repo!r}: its branch {revision!r} now points at commit {commit}, not at {expected}, where "
+            "alignscope pinned it; the weights may have changed. To use them, pass that commit as the revision "
+            f"(revision: {commit})")
+    return f"{repo}@{commit}"
+
+
+def _resolve_commit(repo: str, revision: str | None) -> str:
     from huggingface_hub import model_info, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return f"{repo}@{model_info(repo, revision=revision).sha}"
+        return model_info(repo, revision=revision).sha
     except HfHubHTTPError as e:
         raise InputError(f"hub model {repo!r}" + (f" at revision {revision!r}" if revision else "")
                          + f": {type(e).__name__}: {str(e).splitlines()[0]}") from None
     except Exception as e:
-        if not _is_network_error(e):
+        if not is_network_error(e):
             raise
         reason = f"{type(e).__name__}"
     try:
-        return f"{repo}@{Path(snapshot_download(repo, revision=revision, local_files_only=True)).name}"
+        return Path(snapshot_download(repo, revision=revision, local_files_only=True)).name
     except OSError:
         raise InputError(f"hub model {repo!r}: the hub cannot be reached ({reason}) and it is not in the local "
                          "hub cache; download it once with network, or pass a local folder") from None
