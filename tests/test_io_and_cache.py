@@ -81,3 +81,24 @@ def test_a_damaged_fingerprint_record_is_recomputed(tmp_path, monkeypatch, conte
     sidecar.write_text(content)
     assert model_fingerprint(str(folder)) == first
     assert json.loads(sidecar.read_text())["fingerprint"] == first  # rewritten
+
+
+def test_a_folder_is_swapped_in_whole_over_the_old_one_and_over_a_concurrent_writers(tmp_path):
+    target = tmp_path / "model"
+    atomic_folder(target, lambda d: [(d / n).write_text("old") for n in ("a", "b")])
+    reader = open(target / "a")  # a reader of the old folder keeps what it opened
+
+    def ours(d):
+        (d / "a").write_text("ours")
+        # meanwhile another writer finishes its own folder and swaps it in first
+        atomic_folder(target, lambda other: (other / "c").write_text("theirs"))
+
+    atomic_folder(target, ours)
+    assert sorted(p.name for p in target.iterdir()) == ["a"] and (target / "a").read_text() == "ours"
+    assert reader.read() == "old"
+    reader.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing left aside
+
+    with pytest.raises(RuntimeError):  # a write that fails leaves the last whole folder
+        atomic_folder(target, lambda d: ((d / "a").write_text("half"), (_ for _ in ()).throw(RuntimeError())))
+    assert (target / "a").read_text() == "ours" and [p.name for p in tmp_path.iterdir()] == ["model"]

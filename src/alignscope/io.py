@@ -22,6 +22,14 @@ class InputError(ValueError):
 
 
 def _umask() -> int:
+    """The process umask. Read from /proc where it can be: setting it to learn it, the only
+    portable way, briefly changes it for every thread."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -94,9 +102,29 @@ def atomic_folder(target: str | os.PathLike, write: Callable[[Path], Any]) -> Pa
 
 
 def replace_folder(tmp: Path, target: Path) -> None:
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    """Put folder `tmp` in place of `target`. The old folder is first renamed aside and only
+    then deleted, so a reader or a concurrent writer finds the old folder, a whole new one,
+    or (for an instant) none: never half of one, and never a folder deleted under it."""
+    for _ in range(10):
+        aside = None
+        if target.exists():
+            aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+            try:
+                os.rename(target, aside)  # onto an empty folder: allowed, and atomic
+            except FileNotFoundError:  # another writer moved it first
+                aside.rmdir()
+                aside = None
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.exists():
+                raise
+            continue  # another writer's folder got in first: move it aside in turn
+        finally:
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+        return
+    raise OSError(f"{target}: could not be replaced, other writers kept replacing it")
 
 
 def read_json(path: str | os.PathLike) -> Any:
