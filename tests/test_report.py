@@ -69,3 +69,16 @@ def test_the_reference_study_needs_no_threshold_note(reference):
     from alignscope.answers import load_rated_dir
 
     assert threshold_notes(compute_metrics(load_rated_dir(reference / "responses"))) == []
+
+
+def test_the_reference_report_is_unchanged_unless_its_golden_copy_changes_with_it(reference, tmp_path):
+    """The reference study's report, word for word: refactoring must not change it. A change meant
+    to change it updates tests/golden/reference-report.md in the same commit, where review sees it."""
+    from pathlib import Path
+
+    rated = reference / "responses"
+    subprocess.run([sys.executable, "-m", "alignscope", "report", "--rated", str(rated), "--out", str(tmp_path / "r"),
+                    "--title", "Reference"], capture_output=True, text=True, check=True)
+    golden = (Path(__file__).parent / "golden" / "reference-report.md").read_text()
+    got = (tmp_path / "r" / "report.md").read_text().replace(str(rated), "<rated>")
+    assert got == golden, "report.md differs from tests/golden/reference-report.md"

@@ -308,3 +308,12 @@ def test_a_study_judged_by_a_distilled_judge_opens_with_its_card_and_sits_beside
     assert set(metrics["judge"]["error"]) == {"HmR", "HpR", "validation"}
     assert metrics["refusal"]["patterns"].startswith("refusal-patterns/")
     assert (out / "judge" / "alignscope-judge.json").is_file() and (out / "judge" / "heads.safetensors").is_file()
+
+    # the same folder rerun without a reference: the card the first run left is never read
+    plain = {**distilled, "reference": None, "judge": config["judge"]}
+    run(plain, root / "plain.yaml", root / "cache-a")
+    assert (out / "judge-card" / "judge.json").is_file()  # left from the first run
+    report = (out / "report.md").read_text()
+    assert "judge-card" not in report and "What its error means here" not in report
+    assert "## Beside the reference study" not in report
+    assert "card" not in json.loads((out / "metrics.json").read_text())["judge"]

@@ -26,6 +26,11 @@ def answer_filename(index: int, model: str, category: str) -> str:
     return f"{index}_{model}_{category}.json"
 
 
+def generation_filename(index: int, model: str) -> str:
+    """How one model's answers were made (settings, fingerprint, stop reasons), beside its answer files."""
+    return f"{index}_{model}_generation.json"
+
+
 @dataclass
 class RatedAnswer:
     prompt: str
@@ -171,8 +176,3 @@ def align_prompts(models: list[RatedModel]) -> None:
                     f"{base.files.get(cat, base.name)} ({len(order)} answers): {model.name!r} and the base "
                     f"{base.name!r} answered different {cat} prompts; {example}")
             model.answers[cat] = [by_prompt[p] for p in order]
-
-
-def read_answer_folder(folder: str | Path) -> list[tuple[AnswerFile, list[dict]]]:
-    """Each answer file of a folder with its answers (ratings not needed)."""
-    return [(f, read_answers(f.path)) for f in answer_files(folder)]

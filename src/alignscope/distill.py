@@ -256,12 +256,11 @@ def train_judge(cfg: DistillConfig, progress=None) -> dict:
     return record
 
 
-def distill_hash(cfg: DistillConfig) -> str:
-    """What decides the judge, by content: the rated files and the backbones, not where they lie."""
+def distill_key(cfg: DistillConfig) -> dict:
+    """What decides the judge besides the rated files' contents: its settings and its backbones'
+    fingerprints, not where any of them lie."""
     d = asdict(validated(cfg))
     for key in ("output_dir", "ratings", "batch_size"):
         d.pop(key)
-    models = load_rated_dir(cfg.ratings)
-    d["ratings"] = sorted(sha256_file(p) for m in models for p in m.files.values())
     d["backbones"] = [model_fingerprint(resolve_model(b, cfg.allow_pickle)) for b in cfg.backbones]
-    return sha256_json(d)
+    return d

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from alignscope.answers import CATEGORIES, answer_filename
+from alignscope.answers import CATEGORIES, answer_filename, generation_filename
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
 from alignscope.io import InputError, atomic_write_json
@@ -382,5 +382,5 @@ def write_answer_files(folder: str | Path, index: int, name: str, answers: dict,
     """`<index>_<name>_<harmful|helpful>.json` (what `score` reads) and `<index>_<name>_generation.json`."""
     paths = [atomic_write_json(path, answers[cat]) for path, cat in zip(answer_files_of(folder, index, name),
                                                                        CATEGORIES)]
-    atomic_write_json(Path(folder) / f"{index}_{name}_generation.json", info)
+    atomic_write_json(Path(folder) / generation_filename(index, name), info)
     return paths

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from alignscope.answers import RatedModel
+from alignscope.data import first_human_turn
 from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir
+from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
 from alignscope.metrics import SIGNIFICANCE, MetricsConfig, compute_metrics, harmless_flags, helpful_flags
 
@@ -540,10 +542,57 @@ def worst_cell_errors(summary: dict) -> dict:
     return {k: max(abs(cells[k]["error"]) for cells in summary["table"].values()) for k in ("HmR", "HpR")}
 
 
+def judge_view(judge: dict, card: dict, card_file: str, prompts: list[str]) -> dict:
+    """The judge as a study report presents it: its card, which of its validations covers this
+    study's `prompts`, and the error below which a difference between models is not a finding."""
+    info = dict(judge) | {"card": card, "card_file": card_file}
+    validation = card["judge"].get("validation")
+    if validation:
+        trained = {first_human_turn(p) for p in card["judge"]["trained_prompts"]}
+        ours = {first_human_turn(p) for p in prompts}
+        scheme = "leave_one_model_out" if ours <= trained and "leave_one_model_out" in validation \
+            else "leave_prompts_out"
+        info |= {"applies": scheme, "prompts": len(ours), "prompts_new_to_judge": len(ours - trained),
+                 "error": {**worst_cell_errors(validation[scheme]["judge"]),
+                           "validation": f"{SCHEMES[scheme]} on the reference answers"}}
+    elif card.get("errors"):
+        cells = card["errors"]["judge"]["cells"]
+        info["error"] = {k: max(abs(c[k]) for c in cells.values()) for k in ("HmR", "HpR")} | {
+            "validation": "its agreement with the reference judge on the reference answers"}
+    return info
+
+
+def judge_name(judge: dict) -> str:
+    return {"distilled": "the distilled judge", "reward model": "the local reward model"}.get(
+        judge["kind"], f"`{judge['model']}`")
+
+
+def judge_description(judge: dict) -> str:
+    if judge["kind"] == "distilled":
+        made = judge["distilled"]
+        return (f"A **distilled judge**, fitted here to {judge['reference_judge']}'s ratings of the reference study's "
+                f"{made['answers']} answers (`{judge['reference']}`), reading frozen features of each answer from "
+                f"`{', '.join(b['spec'] for b in made['backbones'])}`; its ratings are on that judge's scale, so the "
+                "thresholds keep their meaning.")
+    if judge["kind"] == "reward model":
+        return (f"A **local reward model** (`{judge['backbone']}` backbone, trained here with TRL's RewardTrainer on "
+                f"{judge['trained_pairs']} HH-RLHF {judge['split']} pairs).")
+    return (f"`{judge['model']}`, the reference study's own judge." if judge["model"] == OPENASSISTANT_JUDGE
+            else f"`{judge['model']}`, used as it is.")
+
+
+def applies_text(judge: dict) -> str:
+    if judge["applies"] == "leave_one_model_out":
+        return ("This study asks the judge's own prompts (in its own prompt format or another), so leaving each "
+                "model out is the validation that applies: a new model's answers to prompts the judge has seen.")
+    return (f"{judge['prompts_new_to_judge']} of this study's {judge['prompts']} prompts are not among the judge's, so "
+            "leaving prompts out is the validation that applies, and it is the weaker of the two.")
+
+
 def judge_section(judge: dict) -> str:
     """What a study report opens with: the judge, how well it agrees with the reference judge,
     which of its validations covers this study, and how large a gap its error can make."""
-    lines = ["## The judge", "", judge["description"], ""]
+    lines = ["## The judge", "", judge_description(judge), ""]
     card = judge.get("card") or {}
     validation = card.get("judge", {}).get("validation")
     if validation:
@@ -568,8 +617,8 @@ def judge_section(judge: dict) -> str:
                   f"{fmt(errors['judge']['mean_abs'], 1)} points a cell on average (worst "
                   f"{fmt(errors['judge']['worst'], 0)}), {fmt(errors['mapped']['mean_abs'], 1)} after a monotone map "
                   "to the reference scale.", ""]
-    if judge.get("applies_why"):
-        lines += [judge["applies_why"], ""]
+    if judge.get("applies"):
+        lines += [applies_text(judge), ""]
     if validation:
         lines += ["Both validations rate answers of the reference study's own models. Answers of another model "
                   "family (this study's, unless it trains those models) are a shift neither measures: read the "

@@ -1,10 +1,11 @@
-"""A study's stages: each declares what decides its outputs (its key), the outputs
-themselves, and the work that makes them. `stages.json` records each stage's key
-hash; a stage whose outputs exist under the same key is skipped.
+"""A study's stages: each declares the files it reads (its inputs), what else decides
+its outputs (its key: settings, model fingerprints), the outputs themselves, and
+the work that makes them. `stages.json` records, per stage, the hash of its key and
+of its inputs' contents; a stage whose outputs exist under the same hash is skipped.
 
-Keys are built from content (data and model hashes, settings), never from how a
-path is spelled, so a study folder that is moved, or data named by another path,
-is still up to date.
+The hash is built from content (file hashes, model fingerprints, settings), never
+from how a path is spelled, so a study folder that is moved, or data named by
+another path, is still up to date.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from alignscope.io import atomic_write_json, read_json, sha256_json
+from alignscope.io import atomic_write_json, read_json, sha256_file, sha256_json
 
 
 @dataclass
 class Stage:
     name: str
+    inputs: list[Path]
+    """The files the work reads; their contents enter the stage's hash."""
     key: Any
-    """JSON-able: everything that decides the outputs."""
+    """JSON-able: everything else that decides the outputs."""
     outputs: list[Path]
     work: Callable[[], Any]
     """Makes the outputs; what it returns (JSON-able) is kept in stages.json for later stages and reports."""
+
+    def digest(self) -> str:
+        return sha256_json({"inputs": [sha256_file(p) for p in self.inputs], "key": self.key})
 
 
 @dataclass
@@ -40,7 +46,7 @@ class StageLog:
         self.records = read_json(self.path) if self.path.is_file() else {}
 
     def run(self, stage: Stage) -> Any:
-        digest = sha256_json(stage.key)
+        digest = stage.digest()
         record = self.records.get(stage.name)
         started = time.time()
         if record and record.get("key") == digest and all(p.exists() for p in stage.outputs):
@@ -52,6 +58,7 @@ class StageLog:
         seconds = round(time.time() - started, 1)
         root = self.path.parent
         self.records[stage.name] = {"key": digest, "seconds": seconds, "result": result,
+                                    "inputs": [str(_relative(p, root)) for p in stage.inputs],
                                     "outputs": [str(_relative(p, root)) for p in stage.outputs]}
         atomic_write_json(self.path, self.records)
         self.timings.append({"stage": stage.name, "seconds": seconds, "status": "ran"})

@@ -20,11 +20,11 @@ from pathlib import Path
 import yaml
 
 from alignscope.agreement import judge_agreement, judge_record, write_card
-from alignscope.answers import CATEGORIES, answer_filename, load_rated_dir, load_rated_files
+from alignscope.answers import CATEGORIES, answer_filename, answer_files, generation_filename, load_rated_dir, load_rated_files
 from alignscope.cache import ResultCache
 from alignscope.config import parse_config
-from alignscope.data import first_human_turn, resolve_file
-from alignscope.distill import DistillConfig, distill_hash, train_judge
+from alignscope.data import resolve_file
+from alignscope.distill import DistillConfig, distill_key, train_judge
 from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
 from alignscope.generate import answer_evalset, answer_files_of, write_answer_files
 from alignscope.io import atomic_write_json, atomic_write_text, read_json, sha256_file
@@ -32,8 +32,8 @@ from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fing
 from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
 from alignscope.models import cache_dir, count_parameters, model_fingerprint, resolve_model
 from alignscope.provenance import study_manifest, trained_model_record
-from alignscope.report import (FIGURE_FILES, SCHEMES, ReportConfig, answers_section, artifact_index, beside_reference,
-                               judge_section, study_notes, timings_table, worst_cell_errors, write_report)
+from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference, judge_name,
+                               judge_section, judge_view, study_notes, timings_table, write_report)
 from alignscope.reward_model import RM_MANIFEST, RewardModelConfig, rm_config_hash, train_reward_model
 from alignscope.scale import scale_analysis, scale_figure, scale_markdown
 from alignscope.score import ScoreConfig, rate_files, rated_paths
@@ -51,11 +51,6 @@ REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "refusal.py", "report.
 
 def code_hash(files: tuple[str, ...]) -> list[str]:
     return [sha256_file(Path(__file__).with_name(f)) for f in files]
-
-
-def judge_name(judge: dict) -> str:
-    return {"distilled": "the distilled judge", "reward model": "the local reward model"}.get(
-        judge["kind"], f"`{judge['model']}`")
 
 
 @dataclass
@@ -126,11 +121,17 @@ class StudyRun:
 
     # ----------------------------------------------------------------------- stages
 
+    def data_files(self, subsets: list[str], split: str, revision: str | None = None) -> list[Path]:
+        """The HH-RLHF files a stage reads (from the hub's cache when the data is the hub's)."""
+        return [resolve_file(self.cfg.data, s, split, revision) for s in subsets]
+
+    def reference_files(self) -> list[Path]:
+        return [f.path for f in answer_files(self.cfg.reference)] if self.cfg.reference else []
+
     def evalset_stage(self) -> Stage:
         cfg = EvalsetConfig(**{**asdict(self.cfg.evalset), "data": self.cfg.data})
-        files = (["hub", cfg.revision] if cfg.data == "hub" else
-                 [sha256_file(resolve_file(cfg.data, s, cfg.split)) for s in (cfg.harmful_subset, cfg.helpful_subset)])
-        return Stage("evalset", {"evalset": {**asdict(cfg), "data": None}, "files": files}, [self.evalset_path],
+        return Stage("evalset", self.data_files([cfg.harmful_subset, cfg.helpful_subset], cfg.split, cfg.revision),
+                     {**asdict(cfg), "data": None}, [self.evalset_path],
                      lambda: str(write_evalset(build_evalset(cfg), self.evalset_path)))
 
     def reward_model_config(self) -> RewardModelConfig:
@@ -156,7 +157,8 @@ class StudyRun:
                 return {"validation": record["validation"], "backbones": record["backbones"],
                         "trained_prompts": record["trained_on"]["prompts"], "answers": record["trained_on"]["answers"]}
 
-            return Stage("judge", distill_hash(cfg), [self.out / "judge" / DISTILLED_MANIFEST], distil)
+            return Stage("judge", self.reference_files(), distill_key(cfg), [self.out / "judge" / DISTILLED_MANIFEST],
+                         distil)
         if self.cfg.judge.train is not None:
             rm_cfg = self.reward_model_config()
 
@@ -166,28 +168,23 @@ class StudyRun:
                                                  "heldout_pairs", "trained_pairs", "openassistant_hh_accuracy",
                                                  "backbone")}
 
-            return Stage("judge", rm_config_hash(rm_cfg), [self.out / "judge" / "model" / RM_MANIFEST], fit)
+            inputs = self.data_files(rm_cfg.data.subsets, rm_cfg.data.split, rm_cfg.data.revision)
+            return Stage("judge", inputs + [self.evalset_path], rm_config_hash(rm_cfg),
+                         [self.out / "judge" / "model" / RM_MANIFEST], fit)
         return None
 
     def judge_info(self, made: dict | None) -> dict:
-        """What reports and the manifest say of the judge."""
+        """What reports and the manifest say of the judge (the report words it)."""
         judge = self.cfg.judge
         if judge.distill is not None:
-            backbones = ", ".join(b["spec"] for b in made["backbones"])
             return {"model": str(self.out / "judge"), "kind": "distilled", "distilled": made,
-                    "description": f"A **distilled judge**, fitted here to {self.cfg.reference_judge}'s ratings of "
-                                   f"the reference study's {made['answers']} answers (`{self.cfg.reference}`), reading "
-                                   f"frozen features of each answer from `{backbones}`; its ratings are on "
-                                   "that judge's scale, so the thresholds keep their meaning."}
+                    "reference_judge": self.cfg.reference_judge, "reference": self.cfg.reference}
         if judge.train is not None:
             rm = self.reward_model_config()
             return {**made, "trained_here": True, "kind": "reward model", "model": str(self.out / "judge" / "model"),
-                    "split": rm.data.split, "backbone": rm.backbone, "backbone_path": made["backbone"],
-                    "description": f"A **local reward model** (`{rm.backbone}` backbone, trained here with TRL's "
-                                   f"RewardTrainer on {made['trained_pairs']} HH-RLHF {rm.data.split} pairs)."}
+                    "split": rm.data.split, "backbone": rm.backbone, "backbone_path": made["backbone"]}
         return {"model": judge.model, "revision": judge.revision, "trained_here": False, "kind": "given",
-                "description": (f"`{judge.model}`, the reference study's own judge." if judge.model == OPENASSISTANT_JUDGE
-                                else f"`{judge.model}`, used as it is.")}
+                "reference_judge": self.cfg.reference_judge}
 
     def card_stage(self) -> Stage | None:
         """The judge's card against the reference's ratings: a distilled judge's own held-out
@@ -209,39 +206,16 @@ class StudyRun:
             write_card(card, folder)
 
         key = [judge_fingerprint(score_cfg.model, score_cfg.allow_pickle, score_cfg.revision),
-               sorted(sha256_file(p) for p in Path(self.cfg.reference).glob("*.json")),
                self.cfg.reference_judge, asdict(self.cfg.metrics), code_hash(("agreement.py",))]
-        return Stage("judge card", key, [folder / "judge.json", folder / "judge.md"], work)
+        return Stage("judge card", self.reference_files(), key, [folder / "judge.json", folder / "judge.md"], work)
 
     def judge_report(self) -> dict:
-        """The judge as a study report presents it: its card, which validation covers this study's
-        prompts, and the error below which a difference between models is not a finding."""
-        info = dict(self.judge)
-        card_path = self.out / "judge-card" / "judge.json"
-        if not card_path.is_file():
-            return info
-        card = read_json(card_path)
-        info |= {"card": card, "card_file": "judge-card/judge.md"}
-        validation = card["judge"].get("validation")
-        if validation:
-            trained = {first_human_turn(p) for p in card["judge"]["trained_prompts"]}
-            ours = {first_human_turn(x["prompt"]) for c in CATEGORIES for x in self.evalset[c]}
-            scheme = "leave_one_model_out" if ours <= trained and "leave_one_model_out" in validation \
-                else "leave_prompts_out"
-            info["applies"] = scheme
-            info["applies_why"] = (
-                "This study asks the judge's own prompts (in its own prompt format or another), so leaving each "
-                "model out is the validation that applies: a new model's answers to prompts the judge has seen."
-                if scheme == "leave_one_model_out" else
-                f"{len(ours - trained)} of this study's {len(ours)} prompts are not among the judge's, so leaving "
-                "prompts out is the validation that applies, and it is the weaker of the two.")
-            info["error"] = {**worst_cell_errors(validation[scheme]["judge"]),
-                             "validation": f"{SCHEMES[scheme]} on the reference answers"}
-        elif card.get("errors"):
-            cells = card["errors"]["judge"]["cells"]
-            info["error"] = {k: max(abs(c[k]) for c in cells.values()) for k in ("HmR", "HpR")} | {
-                "validation": "its agreement with the reference judge on the reference answers"}
-        return info
+        """The judge as a study report presents it: with its card when this study declares one (a
+        card left by an earlier run with a reference is never read)."""
+        if not self.cfg.reference:
+            return dict(self.judge)
+        return judge_view(self.judge, read_json(self.out / "judge-card" / "judge.json"), "judge-card/judge.md",
+                          [x["prompt"] for c in CATEGORIES for x in self.evalset[c]])
 
     def train_stage(self, base: BaseModelConfig, variant: str) -> Stage:
         spec = self.cfg.train[variant]
@@ -264,8 +238,10 @@ class StudyRun:
                     "split": recipe.data.split, "subsets": recipe.data.subsets, "method": recipe.method,
                     "lora": recipe.lora is not None}
 
-        return Stage(f"train {base.name}/{variant}", recipe_hash(recipe), [target / "model", target / "done.json"],
-                     work)
+        inputs = self.data_files(recipe.data.subsets, recipe.data.split, recipe.data.revision)
+        inputs += [Path(recipe.data.exclude_prompts_of)] if recipe.data.exclude_prompts_of else []
+        return Stage(f"train {base.name}/{variant}", inputs, recipe_hash(recipe),
+                     [target / "model", target / "done.json"], work)
 
     def generate_stage(self, base: BaseModelConfig, variant: str) -> Stage:
         spec = self.models[base.name, variant]
@@ -282,9 +258,9 @@ class StudyRun:
             write_answer_files(folder, index, variant, answers, info)
             return info
 
-        key = [model_fingerprint(resolve_model(spec, self.cfg.allow_pickle), revision),
-               sha256_file(self.evalset_path), asdict(self.cfg.generate)]
-        return Stage(f"generate {base.name}/{variant}", key, answer_files_of(folder, index, variant), work)
+        key = [model_fingerprint(resolve_model(spec, self.cfg.allow_pickle), revision), asdict(self.cfg.generate)]
+        return Stage(f"generate {base.name}/{variant}", [self.evalset_path], key,
+                     answer_files_of(folder, index, variant) + [folder / generation_filename(index, variant)], work)
 
     def answer_files(self, base: BaseModelConfig, kind: str) -> list[Path]:
         """This study's own answer (or rated) files of one base model, in variant order."""
@@ -307,8 +283,8 @@ class StudyRun:
             return info
 
         key = [judge_fingerprint(score_cfg.model, score_cfg.allow_pickle, score_cfg.revision),
-               asdict(score_cfg) | {"model": None}, [sha256_file(p) for p in files]]
-        return Stage(f"score {base.name}", key, self.answer_files(base, "rated"), work)
+               asdict(score_cfg) | {"model": None}]
+        return Stage(f"score {base.name}", files, key, self.answer_files(base, "rated"), work)
 
     def report_stage(self, base: BaseModelConfig) -> Stage:
         files = self.answer_files(base, "rated")
@@ -343,17 +319,16 @@ class StudyRun:
             write_report(models, folder, metrics_cfg, report_cfg, extra,
                          [answers_section(self.variants, answer_info, train_info, stop_tests)], leading)
 
-        key = [[sha256_file(p) for p in files], asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info,
-               judge, self.cfg.reference and sorted(sha256_file(p) for p in Path(self.cfg.reference).glob("*.json")),
-               code_hash(REPORT_CODE)]
-        return Stage(f"report {base.name}", key, [folder / "metrics.json", folder / "report.md"], work)
+        key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info, judge, code_hash(REPORT_CODE)]
+        return Stage(f"report {base.name}", files + self.reference_files(), key,
+                     [folder / "metrics.json", folder / "report.md"], work)
 
     def overview_stage(self) -> Stage:
         """report.md and metrics.json at the top of output_dir: the base model's own report when
         there is one, an overview with the scale analysis when there are several."""
         reports = {b.name: self.out / "reports" / b.name for b in self.cfg.models}
-        key = [{name: sha256_file(folder / "report.md") for name, folder in reports.items()},
-               [asdict(m) for m in self.cfg.models], asdict(self.cfg.report), code_hash(REPORT_CODE),
+        inputs = [folder / f for folder in reports.values() for f in ("report.md", "metrics.json")]
+        key = [[asdict(m) for m in self.cfg.models], asdict(self.cfg.report), code_hash(REPORT_CODE),
                [str(p.relative_to(self.out)) for p in self.artifacts()]]
         outputs = [self.out / "report.md", self.out / "metrics.json"]
         if len(reports) == 1:
@@ -366,7 +341,7 @@ class StudyRun:
                 atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
                 atomic_write_json(self.out / "metrics.json", self.reports[name])
 
-            return Stage("overview", key, outputs, single)
+            return Stage("overview", inputs, key, outputs, single)
 
         def several() -> None:
             params = {m.name: m.parameters or count_parameters(m.model, m.revision, self.cfg.allow_pickle)
@@ -379,7 +354,7 @@ class StudyRun:
             atomic_write_json(self.out / "metrics.json", {"scale": analysis, "models": self.reports,
                                                           "parameters": params})
 
-        return Stage("overview", key, outputs, several)
+        return Stage("overview", inputs, key, outputs, several)
 
     # ----------------------------------------------------------------------- records
 
@@ -397,7 +372,7 @@ class StudyRun:
             files += [report / "report.md", report / "metrics.json"]
             files += [report / "figures" / f for f in FIGURE_FILES] if self.cfg.report.figures else []
             files += self.answer_files(base, "answers") + self.answer_files(base, "rated")
-            files += [self.out / "answers" / base.name / f"{VARIANT_INDEX[v]}_{v}_generation.json"
+            files += [self.out / "answers" / base.name / generation_filename(VARIANT_INDEX[v], v)
                       for v in self.variants]
             files.append(self.out / "rated" / base.name / "scoring.json")
             for v in trained_variants(self.cfg.variants):
