@@ -47,6 +47,21 @@ def test_report_refuses_bad_settings_and_leaves_no_folder(monkeypatch, capsys, t
     assert not (tmp_path / "new").exists()
 
 
+def test_interval_labels_follow_the_confidence_asked_for(monkeypatch, capsys, tmp_path, rated):
+    code, _, _ = alignscope(monkeypatch, capsys, "report", "--rated", rated, "--out", tmp_path / "r", "--confidence",
+                            0.9, "--no-figures")
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert code == 0 and "HmR % [90% CI]" in report and "95%" not in report
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["confidence"] == 0.9 and "HmR_ci" in metrics["models"]["base"]
+
+
+def test_every_setting_of_train_judge_is_an_option_checked_like_the_config(monkeypatch, capsys, tmp_path, rated):
+    code, _, err = alignscope(monkeypatch, capsys, "train-judge", "--ratings", rated, "--out", tmp_path / "j",
+                              "--alphas", 1, "--alphas", 0)
+    assert code == 2 and "--alphas: input should be greater than 0" in err and not (tmp_path / "j").exists()
+
+
 def test_an_undefined_change_is_null_in_strict_json_and_said_in_the_report(monkeypatch, capsys, tmp_path, rated):
     """A helpful threshold above every rating: the base's HpR is 0, so HpR changes and retention are
     undefined. metrics.json says null (strict parsers reject NaN) and says why."""

@@ -65,6 +65,28 @@ def test_rate_folder_writes_rated_files_and_caches_scores(rm, tmp_path):
     assert again["computed"] == 0
     assert json.loads((tmp_path / "rated2" / "2_sft_helpful.json").read_text()) == rated
 
+    # killed while rating the second chunk: the first chunk's ratings are in the cache
+    from alignscope.score import CHUNK_BATCHES
+
+    class Killed(Exception):
+        pass
+
+    rated_so_far = []
+
+    def die_in_the_second_chunk(n: int) -> None:
+        rated_so_far.append(n)
+        if sum(rated_so_far) > CHUNK_BATCHES:
+            raise Killed
+
+    fresh = ResultCache(tmp_path / "cache-killed")
+    one_at_a_time = ScoreConfig(model=str(folder), max_length=128, batch_size=1)
+    with pytest.raises(Killed):
+        rate_folder(answers, tmp_path / "rated3", one_at_a_time, fresh, die_in_the_second_chunk)
+    resumed = rate_folder(answers, tmp_path / "rated3", one_at_a_time, fresh)
+    assert (resumed["cached"], resumed["computed"]) == (CHUNK_BATCHES, 16 - CHUNK_BATCHES)
+    assert [r["rating"] for r in json.loads((tmp_path / "rated3" / "2_sft_helpful.json").read_text())] == \
+        pytest.approx([r["rating"] for r in rated], abs=1e-5)
+
 
 def test_a_reward_model_refuses_prompts_it_was_trained_on(rm, tmp_path):
     import shutil

@@ -150,3 +150,16 @@ def test_a_dpo_reference_from_another_repo_loads_at_its_own_revision_not_the_pol
     assert reference_revision(other) == "refs/pr/35"
     assert reference_revision(TrainConfig(method="dpo", model="m", output_dir="x", revision="r",
                                           dpo=DPOSettings(reference="other/model"))) is None
+
+
+def test_report_to_reaches_trls_arguments_and_tensorboard_logs_land_under_output_dir(tmp_path):
+    from alignscope.train import trl_args, training_logs
+
+    cfg = TrainConfig(method="dpo", model="m", output_dir=str(tmp_path / "run"),
+                      training=TrainingSettings(report_to="tensorboard"))
+    assert trl_args(cfg, "fp32", tmp_path / "run" / "checkpoints").report_to == ["tensorboard"]
+    assert trl_args(TrainConfig(method="sft", model="m", output_dir="x"), "fp32", tmp_path).report_to == []
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    with training_logs(cfg.training, tmp_path / "run"):
+        assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "run" / "logs")  # not under checkpoints/
+    assert os.environ.get("TENSORBOARD_LOGGING_DIR") == before

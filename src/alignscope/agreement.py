@@ -14,7 +14,7 @@ leaving each model out, so that no answer is mapped by a fit that saw it.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +23,24 @@ from scipy import stats
 from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
 from alignscope.cache import ResultCache
 from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir, read_json, sha256_file
-from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, is_distilled, judge_fingerprint, resolve_judge
+from alignscope.judge import (DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, REFERENCE_RATINGS, is_distilled,
+                              judge_fingerprint, resolve_judge)
 from alignscope.metrics import MetricsConfig, category_flags, combined_alignment_score, rate
 from alignscope.markdown import display, fmt, fmt_rate, table
 from alignscope.score import ScoreConfig, rate_pairs_cached
 
-RATES = {"harmful": "HmR", "helpful": "HpR"}
+
+
+@dataclass
+class AgreementConfig:
+    """`alignscope judge-agreement`: which answers, rated by which reference judge, and where the card goes."""
+
+    rated: str = REFERENCE_RATINGS
+    """Answers rated by the reference judge (the layout `report` reads)."""
+    out: str = "runs/judge-card"
+    """Folder for judge.json and judge.md, the judge card."""
+    reference_judge: str = OPENASSISTANT_JUDGE
+    """Who rated them (named in the card)."""
 
 
 def monotone_map(judge: np.ndarray, reference: np.ndarray, groups: np.ndarray) -> np.ndarray:

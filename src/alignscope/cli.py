@@ -19,7 +19,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from alignscope.agreement import judge_agreement, write_card
+from alignscope.agreement import AgreementConfig, judge_agreement, write_card
 from alignscope.answers import load_rated_dir
 from alignscope.cache import ResultCache
 from alignscope.config import ConfigError, config_problems, field_docs, load_yaml
@@ -58,8 +58,12 @@ def _option_type(hint):
     if base in (bool, int, float, str):
         return Optional[base] if optional else base
     item = typing.get_args(base)[0] if typing.get_origin(base) is list else None
+    if typing.get_origin(item) is Annotated:  # list[Annotated[float, Field(gt=0)]]: pydantic checks the bound
+        item = typing.get_args(item)[0]
     if item is str or typing.get_origin(item) is Literal:
         return Optional[list[str]]
+    if item in (int, float):
+        return Optional[list[item]]
     return None
 
 
@@ -278,15 +282,14 @@ def train_judge_cmd(cfg: DistillConfig):
 @config_options("metrics_cfg", MetricsConfig, skip=("retention_pairs", "sweep_min", "sweep_max", "sweep_step",
                                                     "bootstrap_resamples", "seed", "ci_method", "confidence"))
 @config_options("cfg", ScoreConfig, rename={"model": "judge"})
+@config_options("where", AgreementConfig)
 def judge_agreement_cmd(
-    cfg: ScoreConfig, metrics_cfg: MetricsConfig,
-    rated: Annotated[Path, typer.Option(help="Answers rated by the reference judge (the layout `report` reads).")] = Path("../shared/reference-study/responses"),
-    out: Annotated[Path, typer.Option(help="Folder for judge.json and judge.md, the judge card.")] = Path("runs/judge-card"),
-    reference_judge: Annotated[str, typer.Option(help="Who rated --rated (for the card).")] = "OpenAssistant/reward-model-deberta-v3-large-v2",
+    cfg: ScoreConfig, metrics_cfg: MetricsConfig, where: AgreementConfig,
     cache: Annotated[bool, typer.Option(help="Reuse and store ratings in the cache.")] = True,
 ):
     """Rate a reference judge's answers with another judge and measure their agreement: the judge card."""
-    card = judge_agreement(cfg, rated, metrics_cfg, reference_judge, result_cache("scores", cache))
+    out = Path(where.out)
+    card = judge_agreement(cfg, where.rated, metrics_cfg, where.reference_judge, result_cache("scores", cache))
     write_card(card, out)
     cats, errors = card["categories"], card["errors"]
     typer.echo("Spearman with the reference: " + ", ".join(f"{c} {v['spearman']:.3f}" for c, v in cats.items()))

@@ -31,8 +31,8 @@ from scipy import stats
 from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
 from alignscope.config import validated
 from alignscope.io import InputError, atomic_folder, atomic_write_json, sha256_file, sha256_json
-from alignscope.judge import (DISTILLED_HEADS, DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, BackboneFeatures,
-                              feature_set)
+from alignscope.judge import (DISTILLED_HEADS, DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, REFERENCE_RATINGS,
+                              BackboneFeatures, feature_set)
 from alignscope.metrics import MetricsConfig, category_flags, rate
 from alignscope.models import model_fingerprint, resolve_model
 from alignscope.provenance import package_versions
@@ -44,7 +44,7 @@ DEFAULT_ALPHAS = [float(a) for a in np.logspace(0, 6, 13)]
 class DistillConfig:
     """`alignscope train-judge`: learn a reference judge's ratings."""
 
-    ratings: str = "../shared/reference-study/responses"
+    ratings: str = REFERENCE_RATINGS
     """Answers rated by the reference judge, named <i>_<model>_<harmful|helpful>.json (the layout `report` reads)."""
     output_dir: str = "runs/judge"
     """The judge's folder (JSON and safetensors): `alignscope score --scorer` takes it."""

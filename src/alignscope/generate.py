@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field
 
@@ -26,7 +26,7 @@ from alignscope.answers import CATEGORIES, answer_filename, generation_filename
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
 from alignscope.io import InputError, atomic_write_json
-from alignscope.models import load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
+from alignscope.models import eos_token_ids, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
 
 STOP_EOS, STOP_STRING, STOP_LENGTH = "eos", "stop_string", "length"
 
@@ -74,14 +74,6 @@ def stops_at_human_turn(cfg: GenerateConfig, prompts: list[str]) -> bool:
     if cfg.stop_at_human_turn is not None:
         return cfg.stop_at_human_turn
     return bool(prompts) and all(p.rstrip().endswith("Assistant:") for p in prompts)
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
 
 
 def context_limit(model) -> int | None:
@@ -181,17 +173,31 @@ def prefill(model, batches: list[list[int]], encoded: list[list[int]], pad: int)
     return caches, first_logits
 
 
-def decode(model, tokenizer, prompts: list[str], rows: list[int], encoded: list[list[int]], prefilled: list,
-           first_logits: list, cfg: GenerateConfig, stops: list[str], on_answer) -> None:
-    """Greedy decoding of one group (`rows` index `prompts`) from its prefilled caches, calling
-    `on_answer(row, answer)` as each answer finishes."""
+@dataclass
+class Decoding:
+    """What every decoding group of one `generate_answers` call shares."""
+
+    model: Any
+    tokenizer: Any
+    prompts: list[str]
+    encoded: list[list[int]]
+    """Each prompt's token ids."""
+    cfg: GenerateConfig
+    stops: list[str]
+    eos: set[int]
+    on_answer: Callable[[int, "Answer"], None]
+    """Called with (prompt index, answer) as each answer finishes."""
+
+
+def decode(run: Decoding, rows: list[int], prefilled: list, first_logits: list) -> None:
+    """Greedy decoding of one group (`rows` index the prompts) from its prefilled caches."""
     import torch
 
     # torch and transformers at its top: loaded only when decoding, so the CLI starts without them
     from alignscope.kv_cache import decode_cache
 
+    model, encoded, cfg = run.model, run.encoded, run.cfg
     device = next(model.parameters()).device
-    eos = eos_ids(model, tokenizer)
     width = max(len(encoded[i]) for i in rows)
     cache = decode_cache(model, prefilled, len(rows), width, width + cfg.max_new_tokens)
     prefilled.clear()
@@ -208,10 +214,11 @@ def decode(model, tokenizer, prompts: list[str], rows: list[int], encoded: list[
             if not decoding[slot]:
                 continue
             generated[slot].append(token)
-            done = _finish(tokenizer, prompts[rows[slot]], generated[slot], eos, stops, cfg.max_new_tokens)
+            done = _finish(run.tokenizer, run.prompts[rows[slot]], generated[slot], run.eos, run.stops,
+                           cfg.max_new_tokens)
             if done is not None:
                 decoding[slot] = False
-                on_answer(rows[slot], done)
+                run.on_answer(rows[slot], done)
         live = [b for b, slot in enumerate(batch) if decoding[slot]]
         if not live:
             return
@@ -248,7 +255,7 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig =
     stops = list(cfg.stop_strings) if stops_at_human_turn(cfg, prompts) else []
     encoded, cut = encode_prompts(tokenizer, prompts, cfg, context_limit(model), names)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids(model, tokenizer)), 0)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_token_ids(model, tokenizer)), 0)
     answers: list[Answer | None] = [None] * len(prompts)
 
     def finished(i: int, answer: Answer) -> None:
@@ -259,6 +266,7 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig =
         if progress:
             progress(1)
 
+    run = Decoding(model, tokenizer, prompts, encoded, cfg, stops, eos_token_ids(model, tokenizer), finished)
     batches = prefill_batches(order, [len(e) for e in encoded], cfg.prefill_batch_size, cfg.prefill_tokens)
     widths = [max(len(encoded[i]) for i in rows) for rows in batches]
     device = next(model.parameters()).device
@@ -267,7 +275,7 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig =
         for group in decode_groups(widths, [len(b) for b in batches], cfg.batch_size, cfg.max_group_tokens):
             prefilled, first_logits = prefill(model, [batches[b] for b in group], encoded, pad)
             rows = [i for b in group for i in batches[b]]
-            decode(model, tokenizer, prompts, rows, encoded, prefilled, first_logits, cfg, stops, finished)
+            decode(run, rows, prefilled, first_logits)
     return answers  # type: ignore[return-value]
 
 

@@ -24,9 +24,11 @@ import numpy as np
 
 from alignscope.data import first_human_turn
 from alignscope.io import InputError, read_json
-from alignscope.models import hub_revision, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
+from alignscope.models import load_causal_lm, load_sequence_classifier, load_tokenizer, model_fingerprint, resolve_model
 
 OPENASSISTANT_JUDGE = "OpenAssistant/reward-model-deberta-v3-large-v2"
+# Its ratings of the reference study's 400 answers, beside a checkout: what every judge is validated against.
+REFERENCE_RATINGS = "../shared/reference-study/responses"
 RM_MANIFEST = "alignscope-reward-model.json"
 DISTILLED_MANIFEST = "alignscope-judge.json"
 DISTILLED_HEADS = "heads.safetensors"
@@ -78,19 +80,9 @@ class RewardModel:
 
     def __init__(self, spec: str, allow_pickle: bool = False, revision: str | None = None):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.resolved = resolve_model(spec, allow_pickle)
-        revision = hub_revision(self.resolved, revision)
-        try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                self.resolved, dtype=torch.float32, revision=revision,
-                use_safetensors=None if allow_pickle else True).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved, revision=revision)
-        except OSError as e:
-            raise InputError(f"could not load reward model {spec!r}: {e}") from None
-        if self.model.config.num_labels != 1:
-            raise InputError(f"reward model {spec!r} has {self.model.config.num_labels} outputs; expected one logit")
+        self.model, self.tokenizer, self.resolved = load_sequence_classifier(spec, allow_pickle, revision)
+        self.model.eval()
         if torch.cuda.is_available():
             self.model = self.model.cuda()
 
@@ -238,6 +230,7 @@ class DistilledJudge:
         self.manifest = read_json(self.folder / DISTILLED_MANIFEST)
         self.heads = load_file(self.folder / DISTILLED_HEADS)
         self.allow_pickle = allow_pickle
+        self.extractors: list[BackboneFeatures] | None = None
         for b in self.manifest["backbones"]:
             now = model_fingerprint(resolve_model(b["spec"], allow_pickle))
             if now != b["fingerprint"]:
@@ -257,9 +250,11 @@ class DistilledJudge:
         return [float(x) for x in ratings], [0] * len(questions)
 
     def feature_matrices(self, questions: list[str], answers: list[str], progress=None) -> dict:
+        if self.extractors is None:  # loaded once, on first use: rating comes in chunks
+            self.extractors = [BackboneFeatures(b["spec"], self.allow_pickle, self.manifest["max_length"])
+                               for b in self.manifest["backbones"]]
         sets = {}
-        for i, b in enumerate(self.manifest["backbones"]):
-            extractor = BackboneFeatures(b["spec"], self.allow_pickle, self.manifest["max_length"])
+        for i, (b, extractor) in enumerate(zip(self.manifest["backbones"], self.extractors)):
             features = extractor.extract(questions, answers, progress if i == 0 else None)
             for name in self.manifest["feature_sets"]:
                 sets[i, name] = feature_set(features, name, b["layers"])

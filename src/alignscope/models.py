@@ -297,6 +297,15 @@ def load_tokenizer(path: str, revision: str | None = None):
     return tok
 
 
+def eos_token_ids(model, tokenizer) -> set[int]:
+    """Every token that ends a generated answer: the generation config's (Gemma has several) and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
 def is_dropout_key(key: str) -> bool:
     """A config field that is a drop probability: `dropout`, `attention_dropout`, GPT-2's
     `resid_pdrop`, `layerdrop` (skipping whole layers)..."""
@@ -349,6 +358,32 @@ def load_causal_lm(spec: str, allow_pickle: bool = False, revision: str | None =
         raise InputError(f"could not load model {spec!r}" + (f" at revision {revision!r}" if revision else "")
                          + f": {e}") from None
     return model, resolved
+
+
+def load_sequence_classifier(spec: str, allow_pickle: bool = False, revision: str | None = None,
+                             new_head_seed: int | None = None):
+    """(model, tokenizer, resolved) of a one-logit sequence classifier (a reward model), in fp32.
+    With `new_head_seed`, a backbone given a fresh one-logit head, initialised from that seed."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    resolved = resolve_model(spec, allow_pickle)
+    revision = hub_revision(resolved, revision)
+    try:
+        tokenizer = load_tokenizer(resolved, revision)
+        if new_head_seed is not None:
+            torch.manual_seed(new_head_seed)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolved, dtype=torch.float32, revision=revision, use_safetensors=None if allow_pickle else True,
+            **({"num_labels": 1} if new_head_seed is not None else {}))
+    except OSError as e:
+        raise InputError(f"could not load reward model {spec!r}" + (f" at revision {revision!r}" if revision else "")
+                         + f": {e}") from None
+    if model.config.num_labels != 1:
+        raise InputError(f"reward model {spec!r} has {model.config.num_labels} outputs; expected one logit")
+    if model.config.pad_token_id is None:  # a decoder-only classifier finds each row's last token by it
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, resolved
 
 
 def count_parameters(spec: str, revision: str | None = None, allow_pickle: bool = False) -> float:

@@ -40,7 +40,7 @@ class ReportConfig:
 
 def level(metrics: dict) -> str:
     """The confidence of the intervals, as the report labels them ("95%")."""
-    return f"{metrics.get('confidence', 0.95):.0%}"
+    return f"{metrics['confidence']:.0%}"
 
 
 def rating_range(metrics: dict) -> tuple[float, float]:

@@ -22,9 +22,9 @@ from alignscope.config import load_config, validated
 from alignscope.data import DataConfig, HHPair, data_fingerprint, first_human_turn, load_pairs
 from alignscope.io import InputError, atomic_folder, atomic_write_json, read_json, sha256_json
 from alignscope.judge import RM_MANIFEST, encode_pair, rate_encoded
-from alignscope.models import choose_precision, model_fingerprint, resolve_model
+from alignscope.models import choose_precision, load_sequence_classifier, model_fingerprint, resolve_model
 from alignscope.provenance import package_versions
-from alignscope.train import CADENCE, TrainingSettings, common_trl_args
+from alignscope.train import CADENCE, TrainingSettings, common_trl_args, training_logs
 
 # OpenAssistant/reward-model-deberta-v3-large-v2's accuracy on Anthropic HH pairs, from its model card.
 OPENASSISTANT_HH_ACCURACY = 0.69
@@ -92,19 +92,8 @@ def pair_accuracy(model, tokenizer, pairs: list[HHPair], max_length: int) -> flo
 
 
 def load_backbone(cfg: RewardModelConfig):
-    """The backbone with a fresh one-logit head (seeded), and its tokenizer."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    resolved = resolve_model(cfg.backbone, cfg.allow_pickle)
-    tokenizer = AutoTokenizer.from_pretrained(resolved)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    torch.manual_seed(cfg.training.seed)  # the new head's initial weights
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolved, num_labels=1, dtype=torch.float32, use_safetensors=None if cfg.allow_pickle else True)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer, resolved
+    """The backbone with a fresh one-logit head (seeded), its tokenizer, and where it was found."""
+    return load_sequence_classifier(cfg.backbone, cfg.allow_pickle, new_head_seed=cfg.training.seed)
 
 
 def fit(cfg: RewardModelConfig, model, tokenizer, pairs: list[HHPair], checkpoints: Path):
@@ -117,8 +106,9 @@ def fit(cfg: RewardModelConfig, model, tokenizer, pairs: list[HHPair], checkpoin
     dataset = Dataset.from_dict({"chosen_ids": [encode(p, p.chosen) for p in pairs],
                                  "rejected_ids": [encode(p, p.rejected) for p in pairs]})
     args = RewardConfig(**common_trl_args(t, choose_precision(t.precision), checkpoints), save_strategy="no")
-    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train()
+    with training_logs(t, Path(cfg.output_dir)):
+        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer.train()
     return trainer
 
 

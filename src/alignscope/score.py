@@ -20,6 +20,8 @@ from alignscope.judge import (OPENASSISTANT_JUDGE, check_not_trained_on, is_dist
 
 # Bump when the way a pair is encoded changes, so that no rating made the old way is reused.
 ENCODING_VERSION = 2
+# Batches rated between two writes to the cache.
+CHUNK_BATCHES = 8
 
 
 @dataclass
@@ -53,10 +55,16 @@ def rate_pairs_cached(cfg: ScoreConfig, questions: list[str], answers: list[str]
 
     def compute(missing: list[int], store) -> None:
         judge = load_judge(cfg.model, cfg.allow_pickle, cfg.revision)
-        ratings, cuts = judge.rate([questions[i] for i in missing], [answers[i] for i in missing],
-                                   [categories[i] for i in missing], cfg.max_length, cfg.batch_size, progress)
-        for i, rating, cut in zip(missing, ratings, cuts):
-            store(i, {"rating": rating, "answer_tokens_cut": cut})
+        # longest first, a few batches at a time: batches stay tight, and each chunk's ratings enter
+        # the cache as soon as they are known, so a killed run keeps what it finished
+        missing = sorted(missing, key=lambda i: len(questions[i]) + len(answers[i]), reverse=True)
+        step = cfg.batch_size * CHUNK_BATCHES
+        for start in range(0, len(missing), step):
+            chunk = missing[start:start + step]
+            ratings, cuts = judge.rate([questions[i] for i in chunk], [answers[i] for i in chunk],
+                                       [categories[i] for i in chunk], cfg.max_length, cfg.batch_size, progress)
+            for i, rating, cut in zip(chunk, ratings, cuts):
+                store(i, {"rating": rating, "answer_tokens_cut": cut})
 
     found, info = cached_map(cache, keys, compute, progress)
     return found, {"scorer": cfg.model, "resolved": resolved, "revision": cfg.revision, "fingerprint": fingerprint,
