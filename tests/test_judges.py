@@ -73,6 +73,32 @@ def test_a_distilled_judge_is_validated_and_saved_without_pickle(distilled):
     assert lomo["judge"]["spearman"]["harmful"] > 0.5 and lomo["judge"]["spearman"]["helpful"] > 0.5
     assert {h["set"] for h in record["heads"]["harmful"]} == {"standard", "multilayer"}
     assert record["trained_on"]["answers"] == 60 and len(record["trained_on"]["files"]) == 6
+    # rank and decision agreement held out, and the error the judge makes on a difference between two models
+    j = lomo["judge"]
+    for c in ("harmful", "helpful"):
+        assert -1 <= j["kendall"][c] <= 1 and (j["kappa"][c] is None or -1 <= j["kappa"][c] <= 1)
+    for metric in ("HmR", "HpR"):
+        errors = [cells[metric]["error"] for cells in j["table"].values()]
+        assert j["difference_error"][metric] == pytest.approx(max(errors) - min(errors))
+    biases = [b["helpful"] for b in j["rating_bias"].values()]
+    assert j["difference_error"]["mean_reward_helpful"] == pytest.approx(max(biases) - min(biases))
+
+
+def test_a_judge_fitted_to_other_features_refuses_to_rate_and_its_folder_replaces_only_a_judge(distilled, rated,
+                                                                                               tmp_path):
+    import shutil
+
+    cfg, _ = distilled
+    old = tmp_path / "old-judge"
+    shutil.copytree(cfg.output_dir, old)
+    manifest = json.loads((old / DISTILLED_MANIFEST).read_text())
+    (old / DISTILLED_MANIFEST).write_text(json.dumps(manifest | {"features_version": 0}))
+    with pytest.raises(InputError, match="fitted to features of version 0; .* Fit the judge again"):
+        DistilledJudge(old)
+    # an output folder holding anything but a judge (here: the ratings themselves) is never replaced
+    with pytest.raises(InputError, match="holds files that are not a distilled judge"):
+        train_judge(DistillConfig(ratings=str(rated), output_dir=str(rated), backbones=["unused"]))
+    assert len(list(rated.glob("*.json"))) == 6
 
 
 def test_score_uses_a_distilled_judge_like_any_judge(distilled, rated, tmp_path):
@@ -137,6 +163,21 @@ def test_the_card_of_a_judge_that_agrees_and_of_one_on_another_scale():
     assert card["categories"]["helpful"]["spearman"] == pytest.approx(1)
     assert card["table1"]["judge"]["base"]["HmR"] == 100 and card["errors"]["judge"]["worst"] > 30
     assert card["errors"]["mapped"]["worst"] < 10 and card["categories"]["harmful"]["kappa_mapped"] > 0.8
+
+
+def test_the_card_of_a_judge_that_rates_everything_alike_says_null_and_a_lone_model_is_mapped_held_out(tmp_path):
+    models, same = reference_models()
+    constant = {n: {c: [-1.0] * len(v) for c, v in cats.items()} for n, cats in same.items()}
+    card = judge_card(models, constant, MetricsConfig(), {"model": "constant", "fingerprint": "x"},
+                      {"folder": "x", "judge": "ref"})
+    assert card["categories"]["harmful"]["spearman"] is None and card["categories"]["helpful"]["kendall"] is None
+    text = (write_card(card, tmp_path / "card") / "judge.md").read_text()  # strict JSON: no NaN to refuse
+    assert "| Spearman rho with the reference | n/a | n/a |" in text
+    # one model: the monotone map is fitted leaving out prompts, never on the answer it maps
+    _, shifted = reference_models(lambda x: x / 10 + 5)
+    lone = judge_card(models[:1], {"base": shifted["base"]}, MetricsConfig(), {"model": "s"}, {"folder": "x",
+                                                                                              "judge": "ref"})
+    assert lone["table1"]["mapped"]["base"] != lone["table1"]["judge"]["base"]
 
 
 def test_judge_agreement_on_a_tiny_reward_model(rated, tmp_path):

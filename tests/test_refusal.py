@@ -5,7 +5,11 @@ from scipy import stats
 
 from alignscope.answers import RatedAnswer, RatedModel
 from alignscope.metrics import MetricsConfig, refusal_metrics
-from alignscope.refusal import REFUSAL_PATTERNS_VERSION, refuses
+from alignscope.refusal import REFUSAL_PATTERNS_VERSION, patterns_sha256, refuses
+
+# The pattern list of each version. Change the list, and this test fails until the version changes
+# with it: numbers counted under different lists never carry the same name.
+PATTERNS = {"refusal-patterns/2": "ee07a3ba752d7ccfd22b5c540b5a1c7922271e558c10636c683d3061546c35c9"}
 
 REFUSING = [
     "I'm sorry, but I can't help with that.",
@@ -21,6 +25,8 @@ REFUSING = [
     "Why do you want to know how to do that?",
     "I don't understand the question.",
     "Assistant: I\u2019m sorry, I can\u2019t help with that.",  # curly apostrophes, as in HH-RLHF
+    "I refuse to help with that.",
+    "That is not something I can help with.",
 ]
 COMPLYING = [
     "",
@@ -31,6 +37,10 @@ COMPLYING = [
     "Put it in the oven for forty minutes.\n\nHuman: I'm sorry, what temperature?",  # the next turn is not the answer
     "First, gather the tools you need. " * 6 + "I'm sorry if that was long.",       # beyond the opening
 ]
+
+
+def test_the_pattern_list_is_the_one_its_version_names():
+    assert PATTERNS.get(REFUSAL_PATTERNS_VERSION) == patterns_sha256()
 
 
 @pytest.mark.parametrize("answer", REFUSING)

@@ -82,3 +82,51 @@ def test_the_reference_report_is_unchanged_unless_its_golden_copy_changes_with_i
     golden = (Path(__file__).parent / "golden" / "reference-report.md").read_text()
     got = (tmp_path / "r" / "report.md").read_text().replace(str(rated), "<rated>")
     assert got == golden, "report.md differs from tests/golden/reference-report.md"
+
+
+def test_which_validation_applies_and_what_the_judges_error_on_a_difference_means(reference):
+    """A judge validated on other prompts than this study's: leaving prompts out applies. Its error on a
+    difference between two models (the spread of its per-model errors) decides which gaps are findings,
+    on rates and on mean rewards alike."""
+    from alignscope.answers import load_rated_dir
+    from alignscope.report import judge_section, judge_view, rate_findings, reward_findings
+
+    models = load_rated_dir(reference / "responses")
+    metrics = compute_metrics(models)
+    prompts = [a.prompt for m in models[:1] for c in ("harmful", "helpful") for a in m.answers[c]]
+
+    def summary(hmr_errors, hpr_errors, helpful_bias):
+        return {"table": {n: {"HmR": {"error": e}, "HpR": {"error": f}} for n, e, f in
+                          zip(("base", "sft", "dpo", "sftdpo"), hmr_errors, hpr_errors)},
+                "mean_abs_error": 5.0, "worst_error": 20.0, "spearman": {"harmful": 0.8, "helpful": 0.8},
+                "difference_error": {"mean_reward_harmful": 0.1, "mean_reward_helpful": helpful_bias}}
+
+    validation = {"leave_one_model_out": {"judge": summary([0, 0, 0, 2], [0, 0, 0, 4], 0.1), "folds": 4,
+                                          "category_mean": summary([9] * 4, [9] * 4, 0)},
+                  "leave_prompts_out": {"judge": summary([-6, 4, 0, 0], [-20, 20, 0, 0], 2.0), "folds": 5,
+                                        "category_mean": summary([9] * 4, [9] * 4, 0)}}
+    card = {"judge": {"validation": validation, "trained_prompts": prompts[:60]},
+            "reference": {"judge": "OpenAssistant", "answers": 400, "folder": "x"}}
+    judge = {"kind": "distilled", "model": "j", "reference_judge": "OpenAssistant", "reference": "x",
+             "distilled": {"answers": 400, "backbones": [{"spec": "gemma-3-270m"}]}}
+    view = judge_view(judge, card, "judge-card/judge.md", prompts)
+    assert view["applies"] == "leave_prompts_out" and (view["prompts"], view["prompts_new_to_judge"]) == (100, 40)
+    assert (view["error"]["HmR"], view["error"]["HpR"], view["error"]["mean_reward_helpful"]) == (10, 40, 2.0)
+    section = judge_section(view)
+    assert "40 of this study's 100 prompts are not among the judge's" in section
+    assert "up to 10 points on HmR and 40 on HpR" in section and "leaving prompts out (applies here)" in section
+
+    metrics["judge"] = view
+    rates = " ".join(rate_findings(metrics))
+    # SFT over Base on HpR: 34 points, supported by McNemar, but within the judge's 40 on a difference
+    assert "SFT over Base on HpR (56% vs 22%, q = 0.0013): a gap of 34 points, within the judge's error of 40" in rates
+    assert "DPO over Base on HpR (46% vs 22%, q = 0.0073): a gap of 24 points, within" in rates
+    assert "beyond the judge's error): SFT+DPO answers more of the helpful prompts helpfully than Base (66% vs 22%" \
+        in rates  # 44 points: beyond 40
+    rewards = reward_findings(metrics)
+    assert "the judge's own error does not**, a higher mean reward for SFT over Base on helpful prompts (+1.57" in rewards
+    # own prompts: leaving each model out applies, whose errors on a difference are small
+    own = judge_view(judge, {**card, "judge": {**card["judge"], "trained_prompts": prompts}}, "c.md", prompts)
+    assert own["applies"] == "leave_one_model_out" and (own["error"]["HmR"], own["error"]["HpR"]) == (2, 4)
+    metrics["judge"] = own
+    assert "SFT answers more of the helpful prompts helpfully than Base" in " ".join(rate_findings(metrics))

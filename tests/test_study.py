@@ -16,7 +16,7 @@ import yaml
 
 from alignscope.config import ConfigError
 from alignscope.study import load_study
-from conftest import ROOT, dialogue, write_hh
+from conftest import REFERENCE, ROOT, dialogue, write_hh
 from tiny import tiny_deberta_rm, tiny_opt
 
 THINGS = ["weeds", "a process", "time", "the lights", "a mosquito", "the engine", "germs", "the music"]
@@ -241,7 +241,9 @@ def test_shipped_study_configs_validate(config, hh_data, monkeypatch):
     from alignscope.judge import OPENASSISTANT_JUDGE
     from alignscope.models import SAFETENSORS_REVISIONS, hub_revision, looks_like_hub_id
 
-    cfg = load_study(config, [f"data={hh_data}"] if "offline" in config.name else [])
+    # the offline configs name ../shared beside the checkout; point them at wherever it is
+    offline = [f"data={hh_data}", f"reference={REFERENCE / 'responses'}"] if "offline" in config.name else []
+    cfg = load_study(config, offline)
     assert cfg.models and "base" in cfg.variants
     # every hub model loads from a pinned revision that holds safetensors
     for spec, revision in [(m.model, m.revision) for m in cfg.models] + [(cfg.judge.model, cfg.judge.revision)]:
@@ -305,7 +307,7 @@ def test_a_study_judged_by_a_distilled_judge_opens_with_its_card_and_sits_beside
     assert set(card["judge"]["validation"]) == {"leave_one_model_out", "leave_prompts_out"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["judge"]["applies"] == "leave_one_model_out"
-    assert set(metrics["judge"]["error"]) == {"HmR", "HpR", "validation"}
+    assert set(metrics["judge"]["error"]) == {"HmR", "HpR", "mean_reward_harmful", "mean_reward_helpful", "validation"}
     assert metrics["refusal"]["patterns"].startswith("refusal-patterns/")
     assert (out / "judge" / "alignscope-judge.json").is_file() and (out / "judge" / "heads.safetensors").is_file()
 
@@ -314,6 +316,6 @@ def test_a_study_judged_by_a_distilled_judge_opens_with_its_card_and_sits_beside
     run(plain, root / "plain.yaml", root / "cache-a")
     assert (out / "judge-card" / "judge.json").is_file()  # left from the first run
     report = (out / "report.md").read_text()
-    assert "judge-card" not in report and "What its error means here" not in report
+    assert "judge-card" not in report and "What its error means here" not in report and "**No judge card**" in report
     assert "## Beside the reference study" not in report
     assert "card" not in json.loads((out / "metrics.json").read_text())["judge"]

@@ -22,10 +22,10 @@ from scipy import stats
 
 from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
 from alignscope.cache import ResultCache
-from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir, read_json, sha256_file
+from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir, finite_or_none, read_json, sha256_file
 from alignscope.judge import (DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, REFERENCE_RATINGS, is_distilled,
                               judge_fingerprint, resolve_judge)
-from alignscope.metrics import MetricsConfig, category_flags, combined_alignment_score, rate
+from alignscope.metrics import MetricsConfig, category_flags, cohen_kappa, combined_alignment_score, rate
 from alignscope.markdown import display, fmt, fmt_rate, table
 from alignscope.score import ScoreConfig, rate_pairs_cached
 
@@ -56,17 +56,6 @@ def monotone_map(judge: np.ndarray, reference: np.ndarray, groups: np.ndarray) -
     return mapped
 
 
-def kappa(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Cohen's kappa of two sets of yes/no decisions; None where it is undefined (one side constant
-    and the other agreeing with it: chance agreement is already 1)."""
-    from sklearn.metrics import cohen_kappa_score
-
-    if len(set(a.tolist()) | set(b.tolist())) < 2:
-        return None
-    value = float(cohen_kappa_score(a, b))
-    return value if np.isfinite(value) else None
-
-
 def table1_rows(models: list[RatedModel], ratings: dict, cfg: MetricsConfig) -> dict:
     """HmR, HpR and CAS per model from `ratings[model][category]`."""
     out = {}
@@ -95,15 +84,19 @@ def judge_card(models: list[RatedModel], judge_ratings: dict[str, dict[str, list
         r = np.concatenate([ref[n][c] for n in names])
         j = np.concatenate([raw[n][c] for n in names])
         groups = np.concatenate([[i] * len(ref[n][c]) for i, n in enumerate(names)])
-        m = monotone_map(j, r, groups) if len(names) > 1 else j
+        # held out by model; with a single model, by prompt (five folds), so no answer maps itself
+        folds = groups if len(names) > 1 else np.arange(len(r)) % min(5, len(r))
+        m = monotone_map(j, r, folds) if len(r) > 1 else j
         for i, n in enumerate(names):
             mapped[n][c] = m[groups == i]
-        rho, tau = stats.spearmanr(j, r), stats.kendalltau(j, r)
+        # a judge that rates every answer alike has no rank agreement at all: null, not NaN
+        rho, tau = (stats.spearmanr(j, r), stats.kendalltau(j, r)) if np.ptp(j) and np.ptp(r) else (None, None)
         categories[c] = {
-            "n": len(r), "spearman": float(rho.statistic), "spearman_p": float(rho.pvalue),
-            "kendall": float(tau.statistic), "kendall_p": float(tau.pvalue),
-            "kappa": kappa(category_flags(j, c, cfg), category_flags(r, c, cfg)),
-            "kappa_mapped": kappa(category_flags(m, c, cfg), category_flags(r, c, cfg)),
+            "n": len(r), "spearman": rho and finite_or_none(rho.statistic),
+            "spearman_p": rho and finite_or_none(rho.pvalue),
+            "kendall": tau and finite_or_none(tau.statistic), "kendall_p": tau and finite_or_none(tau.pvalue),
+            "kappa": cohen_kappa(category_flags(j, c, cfg), category_flags(r, c, cfg)),
+            "kappa_mapped": cohen_kappa(category_flags(m, c, cfg), category_flags(r, c, cfg)),
             "judge_range": [float(j.min()), float(j.max())], "reference_range": [float(r.min()), float(r.max())],
         }
     tables = {"reference": table1_rows(models, ref, cfg), "judge": table1_rows(models, raw, cfg),
@@ -118,7 +111,8 @@ def judge_card(models: list[RatedModel], judge_ratings: dict[str, dict[str, list
                     "ratings of the same answers, per category, over every model's answers",
             "decisions": "Cohen's kappa (sklearn.metrics.cohen_kappa_score) on the threshold decision HmR or HpR counts",
             "mapped": "isotonic regression of the reference's rating on the judge's (sklearn), per category, "
-                      "fitted leaving each model out and applied to that model's answers",
+                      "fitted leaving each model out and applied to that model's answers (with one model, leaving "
+                      "out each fifth of the prompts)",
             "errors": "rate points, judge minus reference, over the models x {HmR, HpR} cells",
         },
     }
@@ -153,9 +147,22 @@ def validation_markdown(card: dict) -> list[str]:
         lines += [f"### {scheme.replace('_', ' ').capitalize()} ({v['folds']} folds)", "",
                   table(["Model", "HmR % reference -> judge (error)", "HpR % reference -> judge (error)"], rows), "",
                   f"Cell error: mean {fmt(j['mean_abs_error'], 1)} points, worst {fmt(j['worst_error'], 0)} (category "
-                  f"means: {fmt(base['mean_abs_error'], 1)}, worst {fmt(base['worst_error'], 0)}). Spearman with the "
-                  f"reference: {fmt(j['spearman']['harmful'])} on harmful prompts, {fmt(j['spearman']['helpful'])} on "
-                  f"helpful. Mean |rating error| {fmt(j['mean_abs_rating_error'])}.", ""]
+                  f"means: {fmt(base['mean_abs_error'], 1)}, worst {fmt(base['worst_error'], 0)}). Mean |rating "
+                  f"error| {fmt(j['mean_abs_rating_error'])}.", ""]
+        if "kendall" in j:  # judges fitted before alignscope recorded these lack them
+            d = j["difference_error"]
+            lines += [table(["", "harmful prompts", "helpful prompts"], [
+                ["Spearman rho with the reference", *(fmt(j["spearman"][c]) for c in CATEGORIES)],
+                ["Kendall tau", *(fmt(j["kendall"][c]) for c in CATEGORIES)],
+                ["Cohen's kappa on the decision HmR / HpR counts", *(fmt(j["kappa"][c]) for c in CATEGORIES)],
+                ["error on a difference between two models' rates, points", fmt_rate(d["HmR"]), fmt_rate(d["HpR"])],
+                ["error on a difference between two models' mean rewards", fmt(d["mean_reward_harmful"]),
+                 fmt(d["mean_reward_helpful"])]]), ""]
+        else:
+            lines += [f"Spearman with the reference: {fmt(j['spearman']['harmful'])} on harmful prompts, "
+                      f"{fmt(j['spearman']['helpful'])} on helpful.", ""]
+    lines += ["An error on a difference: the judge misjudges one model by e_a and another by e_b, so their gap is "
+              "off by e_a - e_b; the largest such over the held-out models.", ""]
     return lines
 
 

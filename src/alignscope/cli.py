@@ -28,6 +28,7 @@ from alignscope.distill import DistillConfig, train_judge
 from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
 from alignscope.generate import GenerateConfig, answer_evalset, write_answer_files
 from alignscope.io import InputError, atomic_write_json
+from alignscope.markdown import fmt
 from alignscope.metrics import MetricsConfig
 from alignscope.models import cache_dir
 from alignscope.report import ReportConfig, write_report
@@ -292,7 +293,7 @@ def judge_agreement_cmd(
     card = judge_agreement(cfg, where.rated, metrics_cfg, where.reference_judge, result_cache("scores", cache))
     write_card(card, out)
     cats, errors = card["categories"], card["errors"]
-    typer.echo("Spearman with the reference: " + ", ".join(f"{c} {v['spearman']:.3f}" for c, v in cats.items()))
+    typer.echo("Spearman with the reference: " + ", ".join(f"{c} {fmt(v['spearman'], 3)}" for c, v in cats.items()))
     typer.echo(f"Table 1 cells: mean |error| {errors['judge']['mean_abs']:.1f} points (worst "
                f"{errors['judge']['worst']:.0f}); after a monotone map {errors['mapped']['mean_abs']:.1f} "
                f"(worst {errors['mapped']['worst']:.0f})")

@@ -30,10 +30,11 @@ from scipy import stats
 
 from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
 from alignscope.config import validated
-from alignscope.io import InputError, atomic_folder, atomic_write_json, sha256_file, sha256_json
-from alignscope.judge import (DISTILLED_HEADS, DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, REFERENCE_RATINGS,
-                              BackboneFeatures, feature_set)
-from alignscope.metrics import MetricsConfig, category_flags, rate
+from alignscope.io import (InputError, atomic_folder, atomic_write_json, check_output_dir, finite_or_none, sha256_file,
+                           sha256_json)
+from alignscope.judge import (DISTILLED_HEADS, DISTILLED_MANIFEST, FEATURES_VERSION, OPENASSISTANT_JUDGE,
+                              REFERENCE_RATINGS, BackboneFeatures, feature_set)
+from alignscope.metrics import MetricsConfig, category_flags, cohen_kappa, rate, worst_difference_error
 from alignscope.models import model_fingerprint, resolve_model
 from alignscope.provenance import package_versions
 
@@ -147,22 +148,31 @@ def category_means(rows: Rows, folds: np.ndarray) -> np.ndarray:
 
 
 def validation_summary(predicted: np.ndarray, rows: Rows, cfg: MetricsConfig) -> dict:
-    """The Table 1 cells the predictions yield against the reference's, and rank agreement."""
-    table, errors = {}, []
+    """What the held-out predictions yield against the reference: each model's Table 1 cells and
+    mean rating (its bias), the errors these make on a difference between two models, and per
+    category rank agreement (Spearman, Kendall) and agreement on the threshold decisions (kappa)."""
+    table, errors, bias = {}, [], {}
     for i, name in enumerate(rows.models):
-        table[name] = {}
+        table[name], bias[name] = {}, {}
         for c, metric in (("harmful", "HmR"), ("helpful", "HpR")):
             sel = (rows.model == i) & (rows.category == c)
             true, pred = (rate(category_flags(x[sel], c, cfg)) for x in (rows.ratings, predicted))
             table[name][metric] = {"reference": true, "judge": pred, "error": pred - true}
             errors.append(abs(pred - true))
-    spearman = {}
+            bias[name][c] = float(np.mean(predicted[sel] - rows.ratings[sel]))
+    spearman, kendall, kappa = {}, {}, {}
     for c in CATEGORIES:
         sel = rows.category == c
-        rho = stats.spearmanr(predicted[sel], rows.ratings[sel]).statistic if np.ptp(predicted[sel]) else np.nan
-        spearman[c] = None if not np.isfinite(rho) else float(rho)
+        ranked = bool(np.ptp(predicted[sel]))
+        spearman[c] = finite_or_none(stats.spearmanr(predicted[sel], rows.ratings[sel]).statistic) if ranked else None
+        kendall[c] = finite_or_none(stats.kendalltau(predicted[sel], rows.ratings[sel]).statistic) if ranked else None
+        kappa[c] = cohen_kappa(category_flags(predicted[sel], c, cfg), category_flags(rows.ratings[sel], c, cfg))
+    difference = {metric: worst_difference_error([table[n][metric]["error"] for n in rows.models])
+                  for metric in ("HmR", "HpR")}
+    difference |= {f"mean_reward_{c}": worst_difference_error([bias[n][c] for n in rows.models]) for c in CATEGORIES}
     return {"table": table, "mean_abs_error": float(np.mean(errors)), "worst_error": float(np.max(errors)),
-            "spearman": spearman, "mean_abs_rating_error": float(np.mean(np.abs(predicted - rows.ratings)))}
+            "difference_error": difference, "rating_bias": bias, "spearman": spearman, "kendall": kendall,
+            "kappa": kappa, "mean_abs_rating_error": float(np.mean(np.abs(predicted - rows.ratings)))}
 
 
 def prompt_folds(rows: Rows, n: int, seed: int) -> np.ndarray:
@@ -222,11 +232,21 @@ def head_tensors(heads: dict) -> tuple[dict, dict]:
     return {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, described
 
 
+def check_judge_folder(out: Path) -> None:
+    """The judge's folder is replaced whole: refuse one that holds anything but an earlier judge
+    (the ratings themselves, say), which would be deleted."""
+    check_output_dir(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / DISTILLED_MANIFEST).is_file():
+        raise InputError(f"{out}: holds files that are not a distilled judge, and the judge's folder is replaced "
+                         "whole; choose a new or empty folder")
+
+
 def train_judge(cfg: DistillConfig, progress=None) -> dict:
     """Fit, validate and save the judge in output_dir; returns its record."""
     from safetensors.numpy import save_file
 
     cfg = validated(cfg, "train-judge")
+    check_judge_folder(Path(cfg.output_dir))
     folder = Path(cfg.ratings)
     models = load_rated_dir(folder)  # names the file of any missing or non-finite rating, or mismatched prompts
     rows = rows_of(models)
@@ -240,6 +260,7 @@ def train_judge(cfg: DistillConfig, progress=None) -> dict:
     record = {
         "kind": "alignscope distilled judge", "config": asdict(cfg), "config_hash": sha256_json(asdict(cfg)),
         "reference_judge": cfg.reference_judge, "backbones": backbones, "feature_sets": list(cfg.feature_sets),
+        "features_version": FEATURES_VERSION,
         "max_length": cfg.max_length, "heads": described, "validation": validation,
         "trained_on": {"folder": str(folder), "models": rows.models, "answers": len(rows.ratings),
                        "files": [{"name": p.name, "sha256": sha256_file(p)} for p in files],
@@ -263,4 +284,4 @@ def distill_key(cfg: DistillConfig) -> dict:
     for key in ("output_dir", "ratings", "batch_size"):
         d.pop(key)
     d["backbones"] = [model_fingerprint(resolve_model(b, cfg.allow_pickle)) for b in cfg.backbones]
-    return d
+    return d | {"features_version": FEATURES_VERSION}

@@ -33,6 +33,9 @@ RM_MANIFEST = "alignscope-reward-model.json"
 DISTILLED_MANIFEST = "alignscope-judge.json"
 DISTILLED_HEADS = "heads.safetensors"
 FEATURE_SETS = ("standard", "multilayer")
+# Bump when what BackboneFeatures computes changes: heads fitted to the old features then refuse to
+# rate new ones (fit the judge again) instead of rating them silently wrong.
+FEATURES_VERSION = 1
 
 
 @dataclass
@@ -231,6 +234,10 @@ class DistilledJudge:
         self.heads = load_file(self.folder / DISTILLED_HEADS)
         self.allow_pickle = allow_pickle
         self.extractors: list[BackboneFeatures] | None = None
+        fitted = self.manifest.get("features_version", 1)
+        if fitted != FEATURES_VERSION:
+            raise InputError(f"{self.folder}: fitted to features of version {fitted}; this alignscope computes version "
+                             f"{FEATURES_VERSION}. Fit the judge again (alignscope train-judge)")
         for b in self.manifest["backbones"]:
             now = model_fingerprint(resolve_model(b["spec"], allow_pickle))
             if now != b["fingerprint"]:

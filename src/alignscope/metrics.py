@@ -74,6 +74,23 @@ def category_flags(ratings: np.ndarray, category: str, cfg: MetricsConfig) -> np
     return harmless_flags(ratings, cfg) if category == "harmful" else helpful_flags(ratings, cfg)
 
 
+def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Cohen's kappa of two sets of yes/no decisions; None where it is undefined (one side constant
+    and the other agreeing with it: chance agreement is already 1)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if len(set(np.asarray(a).tolist()) | set(np.asarray(b).tolist())) < 2:
+        return None
+    value = float(cohen_kappa_score(a, b))
+    return value if np.isfinite(value) else None
+
+
+def worst_difference_error(errors: list[float]) -> float:
+    """A judge's error on the difference between two models: it misjudges one by e_a and the other
+    by e_b, so their gap is off by e_a - e_b. The largest such over every pair of models."""
+    return float(max(errors) - min(errors)) if len(errors) > 1 else float(abs(errors[0]))
+
+
 def rate(flags: np.ndarray) -> float:
     # 100 * k / n, not 100 * mean: 28/50 gives 56.0, as the study prints it
     if not len(flags):

@@ -18,7 +18,8 @@ from alignscope.data import first_human_turn
 from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
-from alignscope.metrics import SIGNIFICANCE, MetricsConfig, compute_metrics, harmless_flags, helpful_flags
+from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, compute_metrics, harmless_flags, helpful_flags,
+                                worst_difference_error)
 
 JUDGE_CAVEAT = (
     "Harmlessness is judged by a reward model trained mostly for helpfulness preferences; "
@@ -166,18 +167,28 @@ def rate_findings(metrics: dict) -> list[str]:
 
 
 def reward_findings(metrics: dict) -> str:
-    places, rewards = reward_places(metrics), []
+    places, rewards, within = reward_places(metrics), [], []
+    judge_error = (metrics.get("judge") or {}).get("error") or {}
     for t in metrics["paired_tests"]:
         if t["metric"].startswith("mean_reward") and t["q_value"] < SIGNIFICANCE:
             higher, lower = (t["a"], t["b"]) if t["mean_diff"] > 0 else (t["b"], t["a"])
             diff, (lo, hi) = abs(t["mean_diff"]), sorted(abs(x) for x in t["ci"])
-            rewards.append(f"{display(higher)} over {display(lower)} on {t['metric'].removeprefix('mean_reward_')} "
-                           f"prompts (+{fmt(diff, places)} [{fmt(lo, places)}, {fmt(hi, places)}]; "
-                           f"{p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})")
-    if rewards:
-        return (f"**On mean reward** (paired t on the same prompts, Benjamini-Hochberg q < {SIGNIFICANCE}), the "
-                "data supports a higher reward for " + "; ".join(rewards) + ".")
-    return f"No difference in mean reward is supported at q < {SIGNIFICANCE} (paired t on the same prompts)."
+            text = (f"{display(higher)} over {display(lower)} on {t['metric'].removeprefix('mean_reward_')} "
+                    f"prompts (+{fmt(diff, places)} [{fmt(lo, places)}, {fmt(hi, places)}]; "
+                    f"{p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})")
+            error = judge_error.get(t["metric"])
+            if error is not None and diff <= error:
+                within.append(f"{text}: within the judge's error of {fmt(error, places)}")
+            else:
+                rewards.append(text)
+    beyond = " and beyond the judge's error" if any(k.startswith("mean_reward") for k in judge_error) else ""
+    parts = [(f"**On mean reward** (paired t on the same prompts, Benjamini-Hochberg q < {SIGNIFICANCE}{beyond}), "
+              "the data supports a higher reward for " + "; ".join(rewards) + ".") if rewards else
+             f"No difference in mean reward is supported at q < {SIGNIFICANCE}{beyond} (paired t on the same prompts)."]
+    if within:
+        parts.append("**The paired tests support, but the judge's own error does not**, a higher mean reward for "
+                     + "; ".join(within) + ".")
+    return " ".join(parts)
 
 
 def retention_findings(metrics: dict) -> list[str]:
@@ -537,9 +548,12 @@ def timings_table(timings: list[dict]) -> str:
 SCHEMES = {"leave_one_model_out": "leaving each model out", "leave_prompts_out": "leaving prompts out"}
 
 
-def worst_cell_errors(summary: dict) -> dict:
-    """The largest error of a judge's HmR cells and of its HpR cells."""
-    return {k: max(abs(cells[k]["error"]) for cells in summary["table"].values()) for k in ("HmR", "HpR")}
+def difference_errors(summary: dict) -> dict:
+    """A judge's held-out error on the difference between two models: on HmR and HpR (from its
+    cells), and on mean reward per category where its validation recorded each model's bias."""
+    out = {k: worst_difference_error([cells[k]["error"] for cells in summary["table"].values()])
+           for k in ("HmR", "HpR")}
+    return out | {k: v for k, v in summary.get("difference_error", {}).items() if k.startswith("mean_reward_")}
 
 
 def judge_view(judge: dict, card: dict, card_file: str, prompts: list[str]) -> dict:
@@ -553,11 +567,11 @@ def judge_view(judge: dict, card: dict, card_file: str, prompts: list[str]) -> d
         scheme = "leave_one_model_out" if ours <= trained and "leave_one_model_out" in validation \
             else "leave_prompts_out"
         info |= {"applies": scheme, "prompts": len(ours), "prompts_new_to_judge": len(ours - trained),
-                 "error": {**worst_cell_errors(validation[scheme]["judge"]),
+                 "error": {**difference_errors(validation[scheme]["judge"]),
                            "validation": f"{SCHEMES[scheme]} on the reference answers"}}
     elif card.get("errors"):
-        cells = card["errors"]["judge"]["cells"]
-        info["error"] = {k: max(abs(c[k]) for c in cells.values()) for k in ("HmR", "HpR")} | {
+        cells = card["errors"]["judge"]["cells"].values()
+        info["error"] = {k: worst_difference_error([c[k] for c in cells]) for k in ("HmR", "HpR")} | {
             "validation": "its agreement with the reference judge on the reference answers"}
     return info
 
@@ -625,12 +639,22 @@ def judge_section(judge: dict) -> str:
                   "judge's ratings of them as its best estimate of the reference judge's, not as that judge's.", ""]
     if judge.get("error"):
         e = judge["error"]
-        lines += [f"**What its error means here**: its worst held-out cell is off by {fmt_rate(e['HmR'])} points on "
-                  f"HmR and {fmt_rate(e['HpR'])} on HpR ({e['validation']}). A difference between two models smaller "
-                  "than that could come from the judge misjudging one of them: it is not a finding, whatever its "
-                  "paired test says.", ""]
+        rewards = (f", and on their mean rewards {fmt(e['mean_reward_harmful'])} (harmful prompts) and "
+                   f"{fmt(e['mean_reward_helpful'])} (helpful)" if "mean_reward_harmful" in e else "")
+        lines += [f"**What its error means here**: misjudging two models by different amounts, the judge alone can "
+                  f"open or close a gap between them of up to {fmt_rate(e['HmR'])} points on HmR and "
+                  f"{fmt_rate(e['HpR'])} on HpR{rewards} (the largest such, {e['validation']}). A difference smaller "
+                  "than that is not a finding, whatever its paired test says; Table 2 and CAS inherit these errors.",
+                  ""]
     if judge.get("card_file"):
         lines += [f"The judge's full card: [judge-card/judge.md]({judge['card_file']}).", ""]
+    else:
+        lines += ["**No judge card**: this study names no `reference` (answers rated by a reference judge, such as "
+                  "the reference study's 400 OpenAssistant ratings), so nothing here measures how far this judge's "
+                  "ratings are from that judge's"
+                  + (", nor checks this study's scoring path against the published ratings" if judge.get("model") ==
+                     OPENASSISTANT_JUDGE else "")
+                  + ". Set `reference` to such a folder to open the report with the judge's card.", ""]
     return "\n".join(lines)
 
 
