@@ -164,3 +164,21 @@ def test_the_evaluation_sets_dialogues_are_left_out_of_training_data(hh_data, tm
         assert not {first_human_turn(p.prompt) for p in kept.pairs} & openings
         dropped = len(everything.pairs) - len(kept.pairs)
         assert dropped == kept.summary["excluded_for_evaluation"] >= 100  # each prompt's own row, and its branches
+
+
+def test_a_folder_of_answers_is_left_out_of_training_beside_an_evaluation_set(hh_data, reference, tmp_path):
+    """A reward model trained in a study whose card rates the reference study's answers must not have
+    seen those dialogues either, whatever seed picked the study's own prompts."""
+    from alignscope.data import DataConfig, data_fingerprint, first_human_turn, load_pairs
+    from alignscope.evalset import EvalsetConfig, build_evalset, write_evalset
+
+    evalset = write_evalset(build_evalset(EvalsetConfig(data=str(hh_data), seed=7)), tmp_path / "evalset.json")
+    cfg = DataConfig(source=str(hh_data), subsets=["harmless-base", "helpful-base"], split="test",
+                     exclude_prompts_of=[str(evalset), str(reference / "responses")])
+    kept = {first_human_turn(p.prompt) for p in load_pairs(cfg).pairs}
+    for source in (evalset, reference / "responses"):
+        prompts = [x["prompt"] for c in ("harmful", "helpful") for x in json.loads(evalset.read_text())[c]] \
+            if source == evalset else [x["prompt"] for f in source.glob("*.json") for x in json.loads(f.read_text())]
+        assert not kept & {first_human_turn(p) for p in prompts}
+    only_evalset = DataConfig(**{**cfg.__dict__, "exclude_prompts_of": str(evalset)})
+    assert data_fingerprint(cfg) != data_fingerprint(only_evalset)

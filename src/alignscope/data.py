@@ -20,6 +20,7 @@ from typing import Annotated, Iterator, Literal, get_args
 
 from pydantic import Field
 
+from alignscope.answers import answer_files, read_answers
 from alignscope.io import InputError, read_json, sha256_file
 from alignscope.models import is_network_error
 
@@ -49,8 +50,9 @@ class DataConfig:
     drop_duplicate_prompts: bool = False
     limit: Annotated[int, Field(ge=1)] | None = None
     """Keep at most this many pairs per subset, in file order, after filtering."""
-    exclude_prompts_of: str | None = None
-    """An evaluation set JSON: pairs whose dialogue prefix matches one of its prompts are left out."""
+    exclude_prompts_of: str | list[str] | None = None
+    """Evaluation set JSON files, or folders of answer files (rated or not): pairs that share a dialogue with
+    one of their prompts are left out."""
 
 
 @dataclass(frozen=True)
@@ -247,8 +249,8 @@ def load_pairs(cfg: DataConfig, excluded_prompts: set[str] | None = None) -> Loa
     seen: set[str] = set()
     excluded_count = 0
     excluded_prompts = set(excluded_prompts or ())
-    if cfg.exclude_prompts_of:
-        excluded_prompts |= evalset_prompts(cfg.exclude_prompts_of)
+    for path in excluded_sources(cfg):
+        excluded_prompts |= evalset_prompts(path)
     openings = {first_human_turn(p) for p in excluded_prompts}
     for subset in cfg.subsets:
         pairs, info = load_subset(cfg.source, subset, cfg.split, strict=cfg.strict, revision=cfg.revision)
@@ -280,12 +282,19 @@ def data_fingerprint(cfg: DataConfig) -> dict:
     d["source"] = [sha256_file(resolve_file(cfg.source, subset, cfg.split, cfg.revision)) for subset in cfg.subsets]
     d.pop("revision")  # the files' hashes already say which revision they are
     if cfg.exclude_prompts_of:
-        d["exclude_prompts_of"] = sorted(evalset_prompts(cfg.exclude_prompts_of))
+        d["exclude_prompts_of"] = sorted(set().union(*map(evalset_prompts, excluded_sources(cfg))))
     return d
 
 
+def excluded_sources(cfg: DataConfig) -> list[str]:
+    given = cfg.exclude_prompts_of
+    return [] if not given else [given] if isinstance(given, str) else list(given)
+
+
 def evalset_prompts(path: str | Path) -> set[str]:
-    """Every prompt of an evaluation set file (see `alignscope.evalset`)."""
+    """Every prompt of an evaluation set file (see `alignscope.evalset`), or of a folder of answer files."""
+    if Path(path).is_dir():
+        return {item["prompt"] for f in answer_files(path) for item in read_answers(f.path)}
     doc = read_json(path)
     try:
         return {item["prompt"] for cat in ("harmful", "helpful") for item in doc[cat]}

@@ -139,7 +139,9 @@ class StudyRun:
         spec = {**self.cfg.judge.train, "output_dir": str(self.out / "judge")}
         spec["data"] = {**spec.get("data", {}), "source": self.cfg.data}
         if self.cfg.exclude_evalset_from_training:
-            spec["data"]["exclude_prompts_of"] = str(self.evalset_path)
+            # and the reference's prompts: its card rates the reference's answers with this model
+            spec["data"]["exclude_prompts_of"] = [str(self.evalset_path)] + ([self.cfg.reference]
+                                                                               if self.cfg.reference else [])
         return parse_config(RewardModelConfig, spec, "judge.train")
 
     def distill_config(self) -> DistillConfig:
@@ -169,7 +171,7 @@ class StudyRun:
                                                  "backbone")}
 
             inputs = self.data_files(rm_cfg.data.subsets, rm_cfg.data.split, rm_cfg.data.revision)
-            return Stage("judge", inputs + [self.evalset_path], rm_config_hash(rm_cfg),
+            return Stage("judge", inputs + [self.evalset_path] + self.reference_files(), rm_config_hash(rm_cfg),
                          [self.out / "judge" / "model" / RM_MANIFEST], fit)
         return None
 
@@ -239,7 +241,7 @@ class StudyRun:
                     "lora": recipe.lora is not None}
 
         inputs = self.data_files(recipe.data.subsets, recipe.data.split, recipe.data.revision)
-        inputs += [Path(recipe.data.exclude_prompts_of)] if recipe.data.exclude_prompts_of else []
+        inputs += [self.evalset_path] if self.cfg.exclude_evalset_from_training else []
         return Stage(f"train {base.name}/{variant}", inputs, recipe_hash(recipe),
                      [target / "model", target / "done.json"], work)
 
