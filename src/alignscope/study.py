@@ -20,7 +20,8 @@ from pathlib import Path
 import yaml
 
 from alignscope.agreement import judge_agreement, judge_record, write_card
-from alignscope.answers import CATEGORIES, answer_filename, answer_files, generation_filename, load_rated_dir, load_rated_files
+from alignscope.answers import (CATEGORIES, answer_filename, answer_files, generation_filename, load_rated_dir,
+                               load_rated_files)
 from alignscope.cache import ResultCache
 from alignscope.config import parse_config
 from alignscope.data import resolve_file
