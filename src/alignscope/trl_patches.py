@@ -1,4 +1,9 @@
-"""Every place alignscope reaches into TRL or transformers internals, in one file.
+"""Every place alignscope reaches into TRL internals, in one file.
+
+(Two places lean on transformers beyond its documented use, each with its own test:
+`kv_cache` subclasses its cache layers to merge and shrink batches in place, and
+`models.convert_gguf` drops a GGUF model's quantizer. transformers is held to one
+major version, 5.)
 
 1. `compact_lm_head`: TRL's fused LM-head loss projects only labelled positions
    on Triton devices and every position elsewhere; we let it compact on the CPU
