@@ -18,17 +18,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
 from alignscope.cache import ResultCache
-from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir, finite_or_none, read_json, sha256_file
+from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir, read_json, sha256_file
 from alignscope.judge import (DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, REFERENCE_RATINGS, is_distilled,
                               judge_fingerprint, resolve_judge)
-from alignscope.metrics import MetricsConfig, category_flags, cohen_kappa, combined_alignment_score, rate
+from alignscope.metrics import (MetricsConfig, category_flags, cohen_kappa, combined_alignment_score, rank_agreement,
+                                rate)
 from alignscope.markdown import display, fmt, fmt_rate, table
 from alignscope.score import ScoreConfig, rate_pairs_cached
-
 
 
 @dataclass
@@ -89,12 +88,8 @@ def judge_card(models: list[RatedModel], judge_ratings: dict[str, dict[str, list
         m = monotone_map(j, r, folds) if len(r) > 1 else j
         for i, n in enumerate(names):
             mapped[n][c] = m[groups == i]
-        # a judge that rates every answer alike has no rank agreement at all: null, not NaN
-        rho, tau = (stats.spearmanr(j, r), stats.kendalltau(j, r)) if np.ptp(j) and np.ptp(r) else (None, None)
         categories[c] = {
-            "n": len(r), "spearman": rho and finite_or_none(rho.statistic),
-            "spearman_p": rho and finite_or_none(rho.pvalue),
-            "kendall": tau and finite_or_none(tau.statistic), "kendall_p": tau and finite_or_none(tau.pvalue),
+            "n": len(r), **rank_agreement(j, r),
             "kappa": cohen_kappa(category_flags(j, c, cfg), category_flags(r, c, cfg)),
             "kappa_mapped": cohen_kappa(category_flags(m, c, cfg), category_flags(r, c, cfg)),
             "judge_range": [float(j.min()), float(j.max())], "reference_range": [float(r.min()), float(r.max())],

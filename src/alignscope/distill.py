@@ -26,15 +26,13 @@ from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
-from scipy import stats
 
 from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
 from alignscope.config import validated
-from alignscope.io import (InputError, atomic_folder, atomic_write_json, check_output_dir, finite_or_none, sha256_file,
-                           sha256_json)
+from alignscope.io import InputError, atomic_folder, atomic_write_json, check_output_dir, sha256_file, sha256_json
 from alignscope.judge import (DISTILLED_HEADS, DISTILLED_MANIFEST, FEATURES_VERSION, OPENASSISTANT_JUDGE,
                               REFERENCE_RATINGS, BackboneFeatures, feature_set)
-from alignscope.metrics import MetricsConfig, category_flags, cohen_kappa, rate, worst_difference_error
+from alignscope.metrics import MetricsConfig, category_flags, cohen_kappa, rank_agreement, rate, worst_difference_error
 from alignscope.models import model_fingerprint, resolve_model
 from alignscope.provenance import package_versions
 
@@ -163,9 +161,8 @@ def validation_summary(predicted: np.ndarray, rows: Rows, cfg: MetricsConfig) ->
     spearman, kendall, kappa = {}, {}, {}
     for c in CATEGORIES:
         sel = rows.category == c
-        ranked = bool(np.ptp(predicted[sel]))
-        spearman[c] = finite_or_none(stats.spearmanr(predicted[sel], rows.ratings[sel]).statistic) if ranked else None
-        kendall[c] = finite_or_none(stats.kendalltau(predicted[sel], rows.ratings[sel]).statistic) if ranked else None
+        ranks = rank_agreement(predicted[sel], rows.ratings[sel])
+        spearman[c], kendall[c] = ranks["spearman"], ranks["kendall"]
         kappa[c] = cohen_kappa(category_flags(predicted[sel], c, cfg), category_flags(rows.ratings[sel], c, cfg))
     difference = {metric: worst_difference_error([table[n][metric]["error"] for n in rows.models])
                   for metric in ("HmR", "HpR")}

@@ -21,7 +21,7 @@ from scipy import stats
 
 from alignscope.answers import CATEGORIES, RatedModel
 from alignscope.config import validated
-from alignscope.io import InputError
+from alignscope.io import InputError, finite_or_none
 from alignscope.refusal import REFUSAL_PATTERNS_VERSION, refuses
 
 SIGNIFICANCE = 0.05  # q below which a report calls a difference supported (Benjamini-Hochberg q-values)
@@ -83,6 +83,16 @@ def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float | None:
         return None
     value = float(cohen_kappa_score(a, b))
     return value if np.isfinite(value) else None
+
+
+def rank_agreement(judge: np.ndarray, reference: np.ndarray) -> dict:
+    """Spearman's rho and Kendall's tau of a judge's ratings with a reference's, with p-values. A
+    judge that rates every answer alike ranks nothing: null, not NaN (strict JSON)."""
+    if not (np.ptp(judge) and np.ptp(reference)):
+        return dict.fromkeys(("spearman", "spearman_p", "kendall", "kendall_p"))
+    rho, tau = stats.spearmanr(judge, reference), stats.kendalltau(judge, reference)
+    return {"spearman": finite_or_none(rho.statistic), "spearman_p": finite_or_none(rho.pvalue),
+            "kendall": finite_or_none(tau.statistic), "kendall_p": finite_or_none(tau.pvalue)}
 
 
 def worst_difference_error(errors: list[float]) -> float:
