@@ -255,7 +255,8 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig =
     stops = list(cfg.stop_strings) if stops_at_human_turn(cfg, prompts) else []
     encoded, cut = encode_prompts(tokenizer, prompts, cfg, context_limit(model), names)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_token_ids(model, tokenizer)), 0)
+    eos = eos_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
     answers: list[Answer | None] = [None] * len(prompts)
 
     def finished(i: int, answer: Answer) -> None:
@@ -266,7 +267,7 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig =
         if progress:
             progress(1)
 
-    run = Decoding(model, tokenizer, prompts, encoded, cfg, stops, eos_token_ids(model, tokenizer), finished)
+    run = Decoding(model, tokenizer, prompts, encoded, cfg, stops, eos, finished)
     batches = prefill_batches(order, [len(e) for e in encoded], cfg.prefill_batch_size, cfg.prefill_tokens)
     widths = [max(len(encoded[i]) for i in rows) for rows in batches]
     device = next(model.parameters()).device

@@ -331,7 +331,7 @@ def disable_dropout_in_config(config) -> list[str]:
                 walk(vars(value), f"{prefix}{key}.", lambda k, v, c=value: setattr(c, k, v))
             elif isinstance(value, dict):
                 walk(value, f"{prefix}{key}.", value.__setitem__)
-            elif is_dropout_key(key) and isinstance(value, float) and not isinstance(value, bool) and value > 0:
+            elif is_dropout_key(key) and isinstance(value, float) and value > 0:  # a float: never a flag or a count
                 assign(key, 0.0)
                 changed.append(prefix + key)
 
