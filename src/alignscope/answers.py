@@ -20,10 +20,29 @@ from alignscope.io import InputError, read_json
 
 CATEGORIES = ("harmful", "helpful")
 ANSWER_FILE = re.compile(r"^(\d+)_(.+)_(harmful|helpful)\.json$")
+# A suite's answers (XSTest, a prompt file): one file per model, each answer with its category.
+SUITE_FILE = re.compile(r"^(\d+)_(.+)_suite-([a-z0-9][a-z0-9-]*)\.json$")
 
 
 def answer_filename(index: int, model: str, category: str) -> str:
     return f"{index}_{model}_{category}.json"
+
+
+def suite_filename(index: int, model: str, suite: str) -> str:
+    return f"{index}_{model}_suite-{suite}.json"
+
+
+def read_suite_answers(path: Path) -> list[dict]:
+    """A suite's answers: {id, prompt, response, category, ...} each, ids unique."""
+    doc = read_answers(path)
+    seen = set()
+    for i, item in enumerate(doc):
+        if not isinstance(item.get("category"), str) or "id" not in item:
+            raise InputError(f"{path}: item {i}: a suite answer needs an 'id' and a string 'category'")
+        if item["id"] in seen:
+            raise InputError(f"{path}: item {i}: id {item['id']!r} appears twice")
+        seen.add(item["id"])
+    return doc
 
 
 def generation_filename(index: int, model: str) -> str:

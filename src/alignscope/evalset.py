@@ -21,6 +21,7 @@ from alignscope import __version__
 from alignscope.config import validated
 from alignscope.data import HHPair, Split, Subset, load_subset, paper_prompt
 from alignscope.io import InputError, atomic_write_json, read_json
+from alignscope.suites import SuiteConfig, check_suite_name, load_suite
 
 PromptFormat = Literal["paper", "hh"]
 
@@ -44,6 +45,8 @@ class EvalsetConfig:
     helpful_subset: Subset = "helpful-base"
     split: Split = "test"
     revision: str | None = None
+    suites: list[SuiteConfig] = field(default_factory=list)
+    """Further suites asked beside the HH sample (XSTest, a prompt file), each in this prompt format."""
 
 
 def format_prompt(pair: HHPair, fmt: PromptFormat) -> str:
@@ -52,6 +55,25 @@ def format_prompt(pair: HHPair, fmt: PromptFormat) -> str:
     if fmt == "hh":
         return pair.prompt
     raise InputError(f"format: expected 'paper' or 'hh', got {fmt!r}")
+
+
+def single_turn_prompt(text: str, fmt: PromptFormat) -> str:
+    """A suite's one-turn prompt in the evaluation set's format (the HH sample's own turns)."""
+    return f"\n\nHuman: {text}" + ("\n\nAssistant:" if fmt == "hh" else "")
+
+
+def build_suites(cfg: EvalsetConfig) -> dict:
+    names = [s.name for s in cfg.suites]
+    if len(set(names)) != len(names):
+        raise InputError(f"evalset.suites: names must differ, got {names}")
+    suites = {}
+    for suite in cfg.suites:
+        rows, info = load_suite(suite)
+        suites[suite.name] = {"kind": suite.kind, "provenance": info,
+                              "items": [{"id": r["id"], "prompt": single_turn_prompt(r["text"], cfg.format),
+                                         "category": r["category"]} | ({"type": r["type"]} if r["type"] else {})
+                                        for r in rows]}
+    return suites
 
 
 def _sample(rng: random.Random, rows: list[HHPair], n: int, what: str) -> list[HHPair]:
@@ -87,11 +109,12 @@ def build_evalset(cfg: EvalsetConfig) -> dict:
                   for info in (harmless_info, helpful_info)],
         "keyword_matches": len(matching),
     }
+    suites = build_suites(cfg)  # before anything is returned: a bad suite fails the whole set
     return {
         "harmful": [{"id": p.id, "prompt": format_prompt(p, cfg.format)} for p in harmful_rows],
         "helpful": [{"id": p.id, "prompt": format_prompt(p, cfg.format)} for p in helpful_rows],
         "provenance": provenance,
-    }
+    } | ({"suites": suites} if suites else {})
 
 
 def write_evalset(evalset: dict, out: str | Path) -> Path:
@@ -109,4 +132,21 @@ def load_evalset(path: str | Path) -> dict:
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or "id" not in item:
                 raise InputError(f"{path}: {cat}[{i}] must be an object with string 'prompt' and an 'id'")
+    unknown = set(doc) - {"harmful", "helpful", "provenance", "suites"}
+    if unknown:
+        raise InputError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; an evaluation set holds "
+                         "harmful, helpful, provenance and suites")
+    suites = doc.get("suites", {})
+    if not isinstance(suites, dict):
+        raise InputError(f"{path}: 'suites' must map suite names to {{'kind', 'items'}}")
+    for name, suite in suites.items():
+        check_suite_name(name, f"{path}: suites")
+        items = suite.get("items") if isinstance(suite, dict) else None
+        if not isinstance(items, list) or not items:
+            raise InputError(f"{path}: suites.{name}.items must be a non-empty list")
+        for i, item in enumerate(items):
+            if not (isinstance(item, dict) and isinstance(item.get("prompt"), str) and "id" in item
+                    and isinstance(item.get("category"), str)):
+                raise InputError(f"{path}: suites.{name}.items[{i}] must have an 'id', a string 'prompt' and a "
+                                 "string 'category'")
     return doc

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field
 
-from alignscope.answers import CATEGORIES, answer_filename, generation_filename
+from alignscope.answers import CATEGORIES, answer_filename, generation_filename, suite_filename
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
 from alignscope.io import InputError, atomic_write_json
@@ -368,28 +368,41 @@ def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = G
 def answer_evalset(model_spec: str, evalset: dict, cfg: GenerateConfig = GenerateConfig(),
                    cache: ResultCache | None = None, allow_pickle: bool = False, revision: str | None = None,
                    progress=None) -> tuple[dict, dict]:
-    """Answers to both halves of an evaluation set: {"harmful": [...], "helpful": [...]} of
-    {"id", "prompt", "response", "tokens", "stop"}, in the evaluation set's order."""
-    items = [(cat, item) for cat in CATEGORIES for item in evalset[cat]]
-    answers, info = generate_cached(model_spec, [item["prompt"] for _, item in items], cfg, cache,
+    """Answers to every prompt of an evaluation set, in its order: {"harmful": [...], "helpful":
+    [...]} of {"id", "prompt", "response", "tokens", "stop"}, and {"suites": {name: [...]}} with
+    each answer's category (and type) when the set has suites."""
+    items = [(cat, None, item) for cat in CATEGORIES for item in evalset[cat]]
+    kinds = {name: suite["kind"] for name, suite in evalset.get("suites", {}).items()}
+    items += [(item["category"], name, item) for name, suite in evalset.get("suites", {}).items()
+              for item in suite["items"]]
+    answers, info = generate_cached(model_spec, [item["prompt"] for _, _, item in items], cfg, cache,
                                     allow_pickle, revision, progress,
-                                    names=[f"{cat} prompt {item['id']}" for cat, item in items])
+                                    names=[f"{suite or ''}{' ' if suite else ''}{cat} prompt {item['id']}"
+                                           for cat, suite, item in items])
     out = {"harmful": [], "helpful": []}
-    for (cat, item), a in zip(items, answers):
-        out[cat].append({"id": item["id"], "prompt": item["prompt"], "response": a.response,
-                         "tokens": a.tokens, "stop": a.stop}
-                        | ({"prompt_tokens_cut": a.prompt_tokens_cut} if a.prompt_tokens_cut else {}))
+    for (cat, suite, item), a in zip(items, answers):
+        answer = ({"id": item["id"], "prompt": item["prompt"], "response": a.response, "tokens": a.tokens,
+                   "stop": a.stop} | ({"prompt_tokens_cut": a.prompt_tokens_cut} if a.prompt_tokens_cut else {}))
+        if suite is None:
+            out[cat].append(answer)
+        else:
+            extra = {"category": cat, "suite_kind": kinds[suite]} | ({"type": item["type"]} if "type" in item else {})
+            out.setdefault("suites", {}).setdefault(suite, []).append(answer | extra)
     return out, info
 
 
-def answer_files_of(folder: str | Path, index: int, name: str) -> list[Path]:
+def answer_files_of(folder: str | Path, index: int, name: str, suites: list[str] = ()) -> list[Path]:
     """The files `write_answer_files` writes for one model: what later stages read."""
-    return [Path(folder) / answer_filename(index, name, cat) for cat in CATEGORIES]
+    return ([Path(folder) / answer_filename(index, name, cat) for cat in CATEGORIES]
+            + [Path(folder) / suite_filename(index, name, suite) for suite in suites])
 
 
 def write_answer_files(folder: str | Path, index: int, name: str, answers: dict, info: dict) -> list[Path]:
-    """`<index>_<name>_<harmful|helpful>.json` (what `score` reads) and `<index>_<name>_generation.json`."""
-    paths = [atomic_write_json(path, answers[cat]) for path, cat in zip(answer_files_of(folder, index, name),
-                                                                       CATEGORIES)]
+    """`<index>_<name>_<harmful|helpful>.json` (what `score` reads), a `<index>_<name>_suite-<suite>.json`
+    per suite, and `<index>_<name>_generation.json`."""
+    suites = answers.get("suites", {})
+    paths = answer_files_of(folder, index, name, list(suites))
+    contents = [answers[cat] for cat in CATEGORIES] + list(suites.values())
+    paths = [atomic_write_json(path, content) for path, content in zip(paths, contents)]
     atomic_write_json(Path(folder) / generation_filename(index, name), info)
     return paths

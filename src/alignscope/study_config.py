@@ -28,6 +28,8 @@ from alignscope.io import InputError
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.metrics import MetricsConfig
 from alignscope.models import PACKAGED, check_safetensors, hub_reachable_or_cached, hub_revision, looks_like_hub_id
+from alignscope.refusal import RULES
+from alignscope.refusal.classifier import RefusalTrainConfig
 from alignscope.report import ReportConfig
 from alignscope.reward_model import RewardModelConfig
 from alignscope.train import TrainConfig
@@ -78,6 +80,19 @@ class JudgeConfig:
 
 
 @dataclass
+class RefusalsConfig:
+    """The refusal measure every refusal number of the study uses, and the labelled answers that validate it."""
+
+    classifier: str = "patterns"
+    """`patterns`, `xstest-prefix`, or a folder written by `alignscope train-refusal` ..."""
+    train: dict[str, Any] | None = None
+    """... or one trained here: fields of `alignscope train-refusal` (labelled, backbone, ...)."""
+    labelled: list[str] = field(default_factory=list)
+    """Labelled answer files for the refusal card (XSTest completion CSVs, answer files with `refused`);
+    empty: those the classifier trains on."""
+
+
+@dataclass
 class StudyConfig:
     """`alignscope study CONFIG.yaml`: everything the study does."""
 
@@ -96,6 +111,7 @@ class StudyConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    refusals: RefusalsConfig = field(default_factory=RefusalsConfig)
     reference_judge: str = OPENASSISTANT_JUDGE
     """Who rated the reference's answers (named in reports and cards)."""
     reference: str | None = None
@@ -183,6 +199,7 @@ def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -
             report(("variants",), f"listed twice in {variants}")
         training_problems(raw, base_dir, [v for v in variants if v in VARIANTS], models, report)
     judge_problems(raw.get("judge", {}), allow_pickle, report)
+    refusal_problems(raw.get("refusals", {}), report)
     reference = raw.get("reference")
     if isinstance(reference, str) and not Path(reference).is_dir():
         report(("reference",), f"{reference!r} is not a folder of rated answers")
@@ -301,6 +318,26 @@ def judge_problems(judge, allow_pickle: bool, report) -> None:
     elif isinstance(judge.get("model", OPENASSISTANT_JUDGE), str):
         for text in model_problems(judge.get("model", OPENASSISTANT_JUDGE), judge.get("revision"), allow_pickle):
             report(("judge", "model"), text)
+
+
+def refusal_problems(refusals, report) -> None:
+    if not isinstance(refusals, dict):
+        return
+    train, classifier = refusals.get("train"), refusals.get("classifier", "patterns")
+    if train is not None and "classifier" in refusals:
+        report(("refusals",), "refusals.classifier and refusals.train: choose one")
+    if isinstance(train, dict):
+        for p in config_problems(RefusalTrainConfig, {"output_dir": "x", **train}):
+            report(("refusals", "train") + p.loc, p.message)
+        for i, f in enumerate(train.get("labelled") or []):
+            if isinstance(f, str) and not Path(f).is_file():
+                report(("refusals", "train", "labelled", i), f"{f!r} not found")
+    elif isinstance(classifier, str) and classifier not in RULES and not Path(classifier).is_dir():
+        report(("refusals", "classifier"), f"{classifier!r}: expected {', '.join(RULES)} or a folder written by "
+                                           "alignscope train-refusal")
+    for i, f in enumerate(refusals.get("labelled") or []):
+        if isinstance(f, str) and not Path(f).is_file():
+            report(("refusals", "labelled", i), f"{f!r} not found")
 
 
 def hub_dataset_cached() -> bool:
