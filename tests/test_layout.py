@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "alignscope"
 HELPERS = ["io", "config", "cache", "models", "answers", "trl_patches", "provenance", "kv_cache", "stages", "markdown"]
 # the pipeline, in order; each may import helpers and earlier stages
 PIPELINE = ["data", "evalset", "train", "generate", "judge", "reward_model", "score", "refusal", "metrics", "distill",
-            "agreement", "report", "scale", "study_config", "study", "cli", "__main__"]
+            "agreement", "html_report", "report", "scale", "study_config", "study", "cli", "__main__"]
 
 
 def imported(module: str) -> set[str]:

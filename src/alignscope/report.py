@@ -15,6 +15,7 @@ import numpy as np
 
 from alignscope.answers import RatedModel
 from alignscope.data import first_human_turn
+from alignscope.html_report import hh_sections, write_html_report
 from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
@@ -457,6 +458,7 @@ def write_report(models: list[RatedModel], out: str | Path, metrics_cfg: Metrics
     atomic_write_json(out / "metrics.json", metrics)
     leading = [section(metrics) if callable(section) else section for section in leading_sections]
     atomic_write_text(out / "report.md", render_markdown(metrics, report_cfg, figures, extra_sections, leading))
+    write_html_report(out, [m.name for m in models], hh_sections(models, metrics))
     return metrics
 
 
