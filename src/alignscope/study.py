@@ -28,6 +28,7 @@ from alignscope.data import resolve_file
 from alignscope.distill import DistillConfig, distill_key, train_judge
 from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
 from alignscope.generate import answer_evalset, answer_files_of, write_answer_files
+from alignscope.html_report import hh_sections, write_html_report
 from alignscope.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fingerprint
 from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
@@ -47,7 +48,8 @@ __all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
 
 # The code that computes and renders a report is part of its key: rerendering takes a
 # second, and a report left by an older alignscope would otherwise stand beside newer results.
-REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "refusal.py", "report.py", "scale.py")
+REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "refusal.py", "report.py", "scale.py", "html_report.py",
+               "html/browser.js", "html/page.css")
 
 
 def code_hash(files: tuple[str, ...]) -> list[str]:
@@ -324,7 +326,7 @@ class StudyRun:
 
         key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info, judge, code_hash(REPORT_CODE)]
         return Stage(f"report {base.name}", files + self.reference_files(), key,
-                     [folder / "metrics.json", folder / "report.md"], work)
+                     [folder / "metrics.json", folder / "report.md", folder / "report.html"], work)
 
     def overview_stage(self) -> Stage:
         """report.md and metrics.json at the top of output_dir: the base model's own report when
@@ -333,7 +335,7 @@ class StudyRun:
         inputs = [folder / f for folder in reports.values() for f in ("report.md", "metrics.json")]
         key = [[asdict(m) for m in self.cfg.models], asdict(self.cfg.report), code_hash(REPORT_CODE),
                [str(p.relative_to(self.out)) for p in self.artifacts()]]
-        outputs = [self.out / "report.md", self.out / "metrics.json"]
+        outputs = [self.out / "report.md", self.out / "metrics.json", self.out / "report.html"]
         if len(reports) == 1:
             name, folder = next(iter(reports.items()))
 
@@ -343,6 +345,8 @@ class StudyRun:
                     .replace("](../../", "](")
                 atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
                 atomic_write_json(self.out / "metrics.json", self.reports[name])
+                models = load_rated_files(self.answer_files(self.cfg.models[0], "rated"))
+                write_html_report(self.out, [m.name for m in models], hh_sections(models, self.reports[name]))
 
             return Stage("overview", inputs, key, outputs, single)
 
@@ -356,6 +360,8 @@ class StudyRun:
             atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
             atomic_write_json(self.out / "metrics.json", {"scale": analysis, "models": self.reports,
                                                           "parameters": params})
+            sections = [s for m in self.cfg.models for s in hh_sections(rated[m.name], self.reports[m.name], m.name)]
+            write_html_report(self.out, [m.name for m in next(iter(rated.values()))], sections)
 
         return Stage("overview", inputs, key, outputs, several)
 
@@ -372,7 +378,7 @@ class StudyRun:
             files += [self.out / "judge-card" / "judge.md", self.out / "judge-card" / "judge.json"]
         for base in self.cfg.models:
             report = self.out / "reports" / base.name
-            files += [report / "report.md", report / "metrics.json"]
+            files += [report / "report.md", report / "report.html", report / "metrics.json"]
             files += [report / "figures" / f for f in FIGURE_FILES] if self.cfg.report.figures else []
             files += self.answer_files(base, "answers") + self.answer_files(base, "rated")
             files += [self.out / "answers" / base.name / generation_filename(VARIANT_INDEX[v], v)
