@@ -53,7 +53,7 @@ REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "refusal.py", "report.
 
 
 def code_hash(files: tuple[str, ...]) -> list[str]:
-    return [sha256_file(Path(__file__).with_name(f)) for f in files]
+    return [sha256_file(Path(__file__).parent / f) for f in files]
 
 
 @dataclass
