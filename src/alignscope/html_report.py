@@ -75,6 +75,7 @@ def render_markdown(text: str, folder: Path) -> str:
         for child in token.children or []:
             if child.type == "image":
                 child.attrSet("src", data_uri(folder / child.attrGet("src")))
+                child.attrSet("title", child.content)  # the caption, which markdown keeps only as alt text
     return md.renderer.render(tokens, md.options, {})
 
 

@@ -102,7 +102,7 @@
         if (s.prompts.some(function (p) { return p.answers[k].pass !== null && p.answers[k].pass !== undefined; }))
           parts.push(pass + " / " + n + " pass");
         parts.push(refused + " refused");
-        if (k > 0) parts.push("+" + gained + " \u2212" + lost);
+        if (k > 0) parts.push(gained + " gained \u00b7 " + lost + " lost");
         var td = el("td", null, parts.join(" \u00b7 "));
         td.dataset.section = s.id; td.dataset.variant = v.name;
         td.dataset.pass = pass; td.dataset.refused = refused; td.dataset.gained = gained; td.dataset.lost = lost;
@@ -192,10 +192,10 @@
     cell.dataset.variant = variants[k].name;
     meta.appendChild(el("span", "variant", variants[k].label));
     if (a.rating !== null && a.rating !== undefined) {
-      var shown = a.rating.toFixed(2);
+      var rating = a.rating.toFixed(2);
       if (k > 0 && baseRating !== null && baseRating !== undefined)
-        shown += " (" + (a.rating >= baseRating ? "+" : "\u2212") + Math.abs(a.rating - baseRating).toFixed(2) + ")";
-      meta.appendChild(el("span", "rating", shown));
+        rating += " (" + (a.rating >= baseRating ? "+" : "\u2212") + Math.abs(a.rating - baseRating).toFixed(2) + ")";
+      meta.appendChild(el("span", "rating", rating));
     }
     if (a.pass === true || a.pass === false) meta.appendChild(el("span", "badge " + (a.pass ? "pass" : "fail"),
                                                                  a.pass ? "pass" : "fail"));
@@ -291,6 +291,6 @@
     typing = setTimeout(function () { apply(true); }, 150);
   });
   window.addEventListener("hashchange", fromAddress);
-  apply(false);
   fromAddress();
+  if (!drawn) apply(false);
 })();
