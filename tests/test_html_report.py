@@ -1,5 +1,6 @@
 """report.html, opened in a real headless Chromium as a reader would open it: from disk, with
-its script run, filtered through the address (#answers&flip=sft), asserted on the page it drew."""
+its script run, filtered through the address (#answers&flip=sft) or by clicking and typing
+(selenium), asserted on the page it drew."""
 
 import json
 import re
@@ -16,13 +17,13 @@ from alignscope.answers import RatedAnswer, RatedModel
 from alignscope.html_report import hh_sections, write_html_report
 from alignscope.report import ReportConfig, write_report
 
-INSTALL = "apt-get update && apt-get install -y chromium"
+INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
 
 
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
+def chromium(program: str = "chromium") -> str:
+    found = shutil.which(program)
     if not found:
-        pytest.fail(f"Chromium is needed to test report.html as a reader sees it; install it with: {INSTALL}")
+        pytest.fail(f"{program} is needed to test report.html as a reader sees it; install it with: {INSTALL}")
     return found
 
 
@@ -217,3 +218,58 @@ def test_a_thousand_prompts_by_six_variants_draw_lazily(tmp_path):
     assert match_count(dom) == (1000, 250) and len(rows_drawn(dom)) == 250
     dom, _ = browse(page, tmp_path, "#answers&q=tokenhelpful499")
     assert rows_drawn(dom) == [("helpful", 499)]
+
+
+def test_a_reader_clicks_types_and_scrolls(tmp_path):
+    """The controls as a reader works them (selenium driving Chromium): tabs, a filter, the
+    search box, unfolding a dialogue, and scrolling past the rows drawn at first."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    n = 150  # 300 prompts: more than the 250 drawn at first
+    models = [rated("base", [-4] * n, [-3] * n),
+              rated("sft", [-2] + [-4] * (n - 1), [-3] * n, {("harmful", 1): INJECTED})]
+    write_report(models, tmp_path / "r", report_cfg=ReportConfig(title="Clicked", figures=False))
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium()
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(chromium("chromedriver")))
+    try:
+        driver.get((tmp_path / "r" / "report.html").as_uri())
+        wait = WebDriverWait(driver, 20)
+        count = driver.find_element(By.ID, "match-count")
+
+        def shown() -> tuple[str, str]:
+            return count.get_attribute("data-matches"), count.get_attribute("data-drawn")
+
+        assert driver.find_element(By.ID, "report").is_displayed()
+        driver.find_element(By.ID, "tab-answers").click()
+        assert not driver.find_element(By.ID, "report").is_displayed() and shown() == ("300", "250")
+        driver.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+        wait.until(lambda _: shown() == ("300", "300"))
+
+        Select(driver.find_element(By.ID, "filter-flip")).select_by_value("sft")
+        assert shown() == ("1", "1") and driver.current_url.endswith("#answers&flip=sft")
+        Select(driver.find_element(By.ID, "filter-flip")).select_by_value("")
+        driver.find_element(By.ID, "search").send_keys("ONERROR")
+        wait.until(lambda _: shown() == ("1", "1"))
+        answer = driver.find_element(By.CSS_SELECTOR, '.row .answer[data-variant="sft"] .text')
+        assert answer.text == INJECTED.strip() and driver.title == "Clicked"
+
+        driver.find_element(By.ID, "search").clear()
+        Select(driver.find_element(By.ID, "filter-section")).select_by_value("helpful")
+        wait.until(lambda _: shown() == ("150", "150"))
+        dialogue = driver.find_element(By.CSS_SELECTOR, ".row .dialogue")
+        assert not dialogue.is_displayed()
+        driver.find_element(By.CSS_SELECTOR, ".row summary").click()
+        assert dialogue.is_displayed() and dialogue.text.startswith("Human: hi")
+
+        driver.find_element(By.ID, "tab-report").click()
+        assert driver.find_element(By.ID, "report").is_displayed()
+        driver.find_element(By.ID, "tab-answers").click()  # back, with the filters as they were
+        assert shown() == ("150", "150")
+    finally:
+        driver.quit()

@@ -42,6 +42,8 @@
   // ----------------------------------------------------------------- controls
   var sectionSel = el("select"), flipSel = el("select"), refusedSel = el("select"), sortSel = el("select");
   var search = el("input");
+  sectionSel.id = "filter-section"; flipSel.id = "filter-flip"; refusedSel.id = "filter-refused";
+  sortSel.id = "sort"; search.id = "search";
   search.type = "search";
   search.placeholder = "prompt or answer text";
   option(sectionSel, "", "all");
@@ -79,6 +81,7 @@
   var list = el("div", "list");
   root.appendChild(list);
   var more = el("button", "more");
+  more.id = "more";
   root.appendChild(more);
 
   // Per section and variant, counted from the answers themselves: passes, refusals, flips.
