@@ -9,8 +9,10 @@ and data: images. The browser is drawn by the page's script from data embedded
 as JSON, never from HTML built out of answers, so an answer is always text.
 
 The data is a list of sections (the HH harmful and helpful prompts; any other
-suite), each a list of prompts with one answer per variant; an answer's rating
-and pass decision may be absent (a suite judged by refusal alone).
+suite), each `{"id", "title", "passes": the pass rule or None, "prompts": [{"prompt",
+"category": optional, "answers": [one per variant, the base's first: {"text",
+"rating", "pass", "refused", "stop"}]}]}`. Rating, pass and stop may be None (a
+suite judged by refusal alone); gained and lost are derived from pass.
 """
 
 from __future__ import annotations

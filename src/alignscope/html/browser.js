@@ -47,7 +47,14 @@
   search.type = "search";
   search.placeholder = "prompt or answer text";
   option(sectionSel, "", "all");
-  data.sections.forEach(function (s) { option(sectionSel, s.id, s.title + " (" + s.prompts.length + ")"); });
+  data.sections.forEach(function (s) {  // a section, then its prompts' categories where they have them
+    option(sectionSel, s.id, s.title + " (" + s.prompts.length + ")");
+    var counts = {};
+    s.prompts.forEach(function (p) { if (p.category) counts[p.category] = (counts[p.category] || 0) + 1; });
+    Object.keys(counts).forEach(function (c) {
+      option(sectionSel, s.id + "::" + c, "\u2003" + s.title + ": " + c + " (" + counts[c] + ")");
+    });
+  });
   option(flipSel, "", "all prompts");
   option(flipSel, "any", "flipped in any variant");
   option(flipSel, "any:gained", "gained in any variant");
@@ -124,7 +131,8 @@
 
   function keep(row, f) {
     var answers = row.p.answers;
-    if (f.section && data.sections[row.section].id !== f.section) return false;
+    if (f.section && f.section !== data.sections[row.section].id &&
+        f.section !== data.sections[row.section].id + "::" + row.p.category) return false;
     if (f.flip) {
       var parts = f.flip.split(":"), which = parts[0], how = parts[1];
       var ks = which === "any" ? answers.map(function (_, k) { return k; }).slice(1) : [variantIndex(which)];
@@ -173,7 +181,8 @@
 
   function promptCell(row) {
     var cell = el("div", "prompt"), prompt = row.p.prompt;
-    var where = el("span", "where", data.sections[row.section].title + " #" + (row.index + 1));
+    var where = el("span", "where", data.sections[row.section].title + " #" + (row.index + 1) +
+                   (row.p.category ? " \u00b7 " + row.p.category : ""));
     var turns = (prompt.match(/(^|\n)\s*(Human|Assistant):/g) || []).length;
     if (turns > 1) {
       var details = el("details"), summary = el("summary");
