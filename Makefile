@@ -32,6 +32,7 @@ demo: $(BIN)/.installed
 	$(BIN)/alignscope study configs/offline-demo.yaml data=$(DATA) reference=$(REFERENCE)/responses \
 		output_dir=runs/offline-demo
 	@echo "report:  runs/offline-demo/report.md"
+	@echo "page:    runs/offline-demo/report.html (the report and every answer side by side)"
 	@echo "metrics: runs/offline-demo/metrics.json"
 
 # The reference study's own rated answers, recomputed into its tables with our statistics.
@@ -39,6 +40,7 @@ reference-report: $(BIN)/.installed
 	$(BIN)/alignscope report --rated $(REFERENCE)/responses --out runs/reference-report \
 		--title "Reference study (Pant, arXiv 2509.09055), recomputed"
 	@echo "report: runs/reference-report/report.md"
+	@echo "page:   runs/reference-report/report.html (the report and every answer side by side)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

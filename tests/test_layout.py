@@ -10,7 +10,7 @@ HELPERS = ["io", "config", "cache", "models", "answers", "trl_patches", "provena
 # (a subpackage's modules are named with a dot; the subpackage itself by its __init__)
 PIPELINE = ["data", "suites.xstest", "suites.prompt_file", "suites", "evalset", "train", "generate", "judge",
             "reward_model", "score", "refusal.patterns", "refusal.baseline", "refusal.labelled", "refusal.classifier",
-            "refusal", "metrics", "refusal.card", "distill", "agreement", "report", "scale", "study_config", "study",
+            "refusal", "metrics", "refusal.card", "distill", "agreement", "html_report", "report", "scale", "study_config", "study",
             "cli", "__main__"]
 
 

@@ -96,7 +96,8 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
     assert all(m["n"] == {"harmful": 6, "helpful": 6} for m in metrics["models"].values())
     assert {(r["before"], r["after"]) for r in metrics["retention"]} >= {("base", "dpo"), ("sft", "sftdpo")}
     for path in ("report.md", "metrics.json", "manifest.json", "stages.json", "timings.md", "evalset.json",
-                 "study.yaml", "reports/tiny/report.md", "reports/tiny/figures/rates.png",
+                 "study.yaml", "reports/tiny/report.md", "reports/tiny/figures/rates.png", "report.html",
+                 "reports/tiny/report.html",
                  "answers/tiny/1_base_harmful.json", "answers/tiny/4_sftdpo_helpful.json",
                  "rated/tiny/3_dpo_harmful.json", "rated/tiny/scoring.json",
                  "models/tiny/sft/model/model.safetensors", "models/tiny/dpo/adapter/adapter_config.json",
@@ -105,6 +106,7 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
     report = (out_dir / "report.md").read_text()
     assert "## Table 1" in report and "## The answers themselves" in report and "## Artifacts" in report
     assert "](reports/tiny/figures/rates.png)" in report
+    assert (out_dir / "report.html").read_text().count('<img src="data:image/png;base64,') == 4
     assert "SFT, 6 steps on 24 pairs" in report  # data.limit is per subset
     assert "DPO (LoRA) from SFT, 6 steps" in report
     stop_tests = metrics["stop_tests"]  # how answers end, against the base, judge aside
@@ -295,6 +297,8 @@ def test_a_scale_study_reports_the_change_against_size(setup):
     assert "## Scale table" in report and "(figures/scale.png)" in report and "Fewer than three sizes" in report
     assert (root / "scale" / "figures" / "scale.png").stat().st_size > 20_000
     assert (root / "scale" / "reports" / "wide" / "report.md").is_file()
+    page = (root / "scale" / "report.html").read_text()  # both bases' answers, a section per base and category
+    assert all(f'"id":"{b}/{c}"' in page for b in ("small", "wide") for c in ("harmful", "helpful"))
 
 
 def test_a_study_judged_by_a_distilled_judge_opens_with_its_card_and_sits_beside_the_reference(setup, full_run):

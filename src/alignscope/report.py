@@ -15,6 +15,7 @@ import numpy as np
 
 from alignscope.answers import RatedModel
 from alignscope.data import first_human_turn
+from alignscope.html_report import hh_sections, suite_sections, write_html_report
 from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
@@ -580,6 +581,18 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
     return "\n".join(parts) + "\n"
 
 
+def refusal_name(metrics: dict) -> str:
+    measure = metrics["refusal"]["measure"]
+    return (metrics.get("refusal_card") or {}).get("name") or measure.get("version") or measure["kind"]
+
+
+def html_sections(models: list[RatedModel], metrics: dict, refusals: dict | None, suites: dict | None,
+                  label: str = "") -> list[dict]:
+    """What report.html shows of the answers: the HH prompts and every suite, with the report's refusal decisions."""
+    return (hh_sections(models, metrics, label, refusals["flags"] if refusals else None)
+            + suite_sections(suites or {}, label))
+
+
 def write_report(models: list[RatedModel], out: str | Path, metrics_cfg: MetricsConfig = MetricsConfig(),
                  report_cfg: ReportConfig = ReportConfig(), extra: dict | None = None,
                  extra_sections: list[str] = (), leading_sections=(), refusals: dict | None = None,
@@ -598,6 +611,8 @@ def write_report(models: list[RatedModel], out: str | Path, metrics_cfg: Metrics
     atomic_write_json(out / "metrics.json", metrics)
     leading = [section(metrics) if callable(section) else section for section in leading_sections]
     atomic_write_text(out / "report.md", render_markdown(metrics, report_cfg, figures, extra_sections, leading))
+    write_html_report(out, [m.name for m in models], html_sections(models, metrics, refusals, suites),
+                      refusal_name(metrics))
     return metrics
 
 

@@ -29,6 +29,7 @@ from alignscope.data import resolve_file
 from alignscope.distill import DistillConfig, distill_key, train_judge
 from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
 from alignscope.generate import answer_evalset, answer_files_of, write_answer_files
+from alignscope.html_report import write_html_report
 from alignscope.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fingerprint
 from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
@@ -37,8 +38,9 @@ from alignscope.refusal import classify_answer_sets, load_refusals
 from alignscope.refusal.card import RefusalCardConfig, card_view, refusal_card, write_refusal_card
 from alignscope.refusal.classifier import CLASSIFIER_MANIFEST, RefusalTrainConfig, train_refusal_classifier
 from alignscope.provenance import study_manifest, trained_model_record
-from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference, judge_name,
-                               judge_section, judge_view, study_notes, timings_table, write_report)
+from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference,
+                               html_sections, judge_name, judge_section, judge_view, refusal_name, study_notes,
+                               timings_table, write_report)
 from alignscope.reward_model import RM_MANIFEST, RewardModelConfig, rm_config_hash, train_reward_model
 from alignscope.scale import scale_analysis, scale_figure, scale_markdown
 from alignscope.score import ScoreConfig, rate_files, rated_paths
@@ -51,7 +53,8 @@ __all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
 
 # The code that computes and renders a report is part of its key: rerendering takes a
 # second, and a report left by an older alignscope would otherwise stand beside newer results.
-REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "report.py", "scale.py")
+REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "report.py", "scale.py", "html_report.py",
+               "html/browser.js", "html/page.css")
 
 
 def code_hash(files: tuple[str, ...]) -> list[str]:
@@ -433,7 +436,7 @@ class StudyRun:
                code_hash(("refusal/card.py",))]
         inputs = [self.refusals_path(base)] + ([card] if self.refusal_labelled() else [])
         return Stage(f"report {base.name}", files + self.reference_files() + inputs, key,
-                     [folder / "metrics.json", folder / "report.md"], work)
+                     [folder / "metrics.json", folder / "report.md", folder / "report.html"], work)
 
     def overview_stage(self) -> Stage:
         """report.md and metrics.json at the top of output_dir: the base model's own report when
@@ -442,7 +445,7 @@ class StudyRun:
         inputs = [folder / f for folder in reports.values() for f in ("report.md", "metrics.json")]
         key = [[asdict(m) for m in self.cfg.models], asdict(self.cfg.report), code_hash(REPORT_CODE),
                [str(p.relative_to(self.out)) for p in self.artifacts()]]
-        outputs = [self.out / "report.md", self.out / "metrics.json"]
+        outputs = [self.out / "report.md", self.out / "metrics.json", self.out / "report.html"]
         if len(reports) == 1:
             name, folder = next(iter(reports.items()))
 
@@ -452,6 +455,11 @@ class StudyRun:
                     .replace("](../../", "](")
                 atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
                 atomic_write_json(self.out / "metrics.json", self.reports[name])
+                models = load_rated_files(self.answer_files(self.cfg.models[0], "rated"))
+                refusals, suites = self.refusal_inputs(self.cfg.models[0])
+                write_html_report(self.out, [m.name for m in models],
+                                  html_sections(models, self.reports[name], refusals, suites),
+                                  refusal_name(self.reports[name]))
 
             return Stage("overview", inputs, key, outputs, single)
 
@@ -465,6 +473,10 @@ class StudyRun:
             atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
             atomic_write_json(self.out / "metrics.json", {"scale": analysis, "models": self.reports,
                                                           "parameters": params})
+            sections = [s for m in self.cfg.models
+                        for s in html_sections(rated[m.name], self.reports[m.name], *self.refusal_inputs(m), m.name)]
+            write_html_report(self.out, [m.name for m in next(iter(rated.values()))], sections,
+                              refusal_name(next(iter(self.reports.values()))))
 
         return Stage("overview", inputs, key, outputs, several)
 
@@ -485,7 +497,7 @@ class StudyRun:
             files += [self.out / "refusal-card" / "refusal-card.md", self.out / "refusal-card" / "refusal-card.json"]
         for base in self.cfg.models:
             report = self.out / "reports" / base.name
-            files += [report / "report.md", report / "metrics.json"]
+            files += [report / "report.md", report / "report.html", report / "metrics.json"]
             figures = [f for f in FIGURE_FILES if f != "tradeoff.png" or self.has_xstest]
             files += [report / "figures" / f for f in figures] if self.cfg.report.figures else []
             files += [self.refusals_path(base)]
