@@ -23,6 +23,8 @@ from alignscope.data import HHPair, Split, Subset, load_subset, paper_prompt
 from alignscope.io import InputError, atomic_write_json, read_json
 
 PromptFormat = Literal["paper", "hh"]
+# What an evaluation set file holds: a prompt under any other key would never be answered.
+EVALSET_KEYS = ("harmful", "helpful", "provenance")
 
 
 @dataclass
@@ -102,6 +104,10 @@ def load_evalset(path: str | Path) -> dict:
     doc = read_json(path)
     if not isinstance(doc, dict):
         raise InputError(f"{path}: expected an object with 'harmful' and 'helpful' lists")
+    unknown = [k for k in doc if k not in EVALSET_KEYS]
+    if unknown:
+        raise InputError(f"{path}: unknown categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}; "
+                         f"an evaluation set holds {', '.join(EVALSET_KEYS)} only")
     for cat in ("harmful", "helpful"):
         items = doc.get(cat)
         if not isinstance(items, list):
@@ -109,4 +115,10 @@ def load_evalset(path: str | Path) -> dict:
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or "id" not in item:
                 raise InputError(f"{path}: {cat}[{i}] must be an object with string 'prompt' and an 'id'")
+        first = {}
+        for i, item in enumerate(items):
+            j = first.setdefault(item["prompt"], i)
+            if j != i:
+                raise InputError(f"{path}: {cat}[{i}] repeats the prompt of {cat}[{j}] ({item['prompt'][:60]!r}); "
+                                 "each prompt is answered once, and the report pairs answers by prompt")
     return doc
