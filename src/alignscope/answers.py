@@ -106,7 +106,7 @@ def misnamed_files(folder: Path) -> list[Path]:
     """Files that look like answer files (a .json of any case with a leading index or naming a category)
     but match no answer-file pattern: each would silently drop a model."""
     return [p for p in sorted(folder.iterdir())
-            if LOOKS_LIKE_ANSWERS.search(p.name) and p.suffix.lower() == ".json"
+            if LOOKS_LIKE_ANSWERS.search(p.name) and p.suffix.lower() == ".json" and p.is_file()
             and not any(pattern.match(p.name) for pattern, _ in ANSWER_PATTERNS) and not OTHER_FILES.match(p.name)]
 
 
