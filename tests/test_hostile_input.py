@@ -258,3 +258,10 @@ def test_marked_folders_keep_the_permissions_of_a_plain_open(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "f" / FOLDER_MARKER).stat().st_mode) == 0o644
+
+
+def test_judge_agreement_checks_its_out_before_rating_anything(monkeypatch, capsys, tmp_path, rated):
+    (tmp_path / "taken").write_text("the user's")
+    code, _, err = alignscope(monkeypatch, capsys, "judge-agreement", "--judge", tmp_path / "no-judge", "--rated",
+                              rated, "--out", tmp_path / "taken")
+    assert code == 2 and f"cannot use as an output folder, {tmp_path / 'taken'} is a file" in err

@@ -304,7 +304,7 @@ def judge_agreement_cmd(
     cache: Annotated[bool, typer.Option(help="Reuse and store ratings in the cache.")] = True,
 ):
     """Rate a reference judge's answers with another judge and measure their agreement: the judge card."""
-    out = Path(where.out)
+    out = check_output_dir(where.out)
     card = judge_agreement(cfg, where.rated, metrics_cfg, where.reference_judge, result_cache("scores", cache))
     write_card(card, out)
     cats, errors = card["categories"], card["errors"]
