@@ -3,6 +3,9 @@ validated, saved without pickle, used by `score` like any reward model), and bad
 
 import json
 import math
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ from alignscope.agreement import judge_agreement, judge_card, write_card
 from alignscope.answers import RatedAnswer, RatedModel, load_rated_dir
 from alignscope.cache import ResultCache
 from alignscope.distill import DistillConfig, train_judge
-from alignscope.io import InputError
+from alignscope.io import FOLDER_MARKER, InputError
 from alignscope.judge import DISTILLED_HEADS, DISTILLED_MANIFEST, DistilledJudge
 from alignscope.metrics import MetricsConfig
 from alignscope.score import ScoreConfig, rate_folder
@@ -49,19 +52,28 @@ def rated(tmp_path_factory):
     return write_rated(tmp_path_factory.mktemp("rated") / "rated")
 
 
+UMASK = 0o022
+
+
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory, rated):
     root = tmp_path_factory.mktemp("distilled")
     backbone = tiny_opt(root / "backbone")
     cfg = DistillConfig(ratings=str(rated), output_dir=str(root / "judge"), backbones=[str(backbone)],
                         alphas=[0.1, 1.0, 10.0, 100.0], prompt_folds=2, max_length=128)
-    return cfg, train_judge(cfg)
+    old = os.umask(UMASK)
+    try:
+        return cfg, train_judge(cfg)
+    finally:
+        os.umask(old)
 
 
 def test_a_distilled_judge_is_validated_and_saved_without_pickle(distilled):
     cfg, record = distilled
     folder = cfg.output_dir
-    assert sorted(p.name for p in __import__("pathlib").Path(folder).iterdir()) == [DISTILLED_MANIFEST, DISTILLED_HEADS]
+    assert sorted(p.name for p in Path(folder).iterdir()) == [FOLDER_MARKER, DISTILLED_MANIFEST, DISTILLED_HEADS]
+    # the heads get the permissions of a plain open (safetensors' save_file makes 0600)
+    assert stat.S_IMODE((Path(folder) / DISTILLED_HEADS).stat().st_mode) == 0o666 & ~UMASK
     assert set(record["validation"]) == {"leave_one_model_out", "leave_prompts_out"}
     lomo = record["validation"]["leave_one_model_out"]
     assert lomo["folds"] == 3 and set(lomo["judge"]["table"]) == {"base", "sft", "dpo"}
@@ -96,7 +108,7 @@ def test_a_judge_fitted_to_other_features_refuses_to_rate_and_its_folder_replace
     with pytest.raises(InputError, match="fitted to features of version 0; .* Fit the judge again"):
         DistilledJudge(old)
     # an output folder holding anything but a judge (here: the ratings themselves) is never replaced
-    with pytest.raises(InputError, match="holds files that are not a distilled judge"):
+    with pytest.raises(InputError, match="would be replaced whole by a new distilled judge, but it holds files but no"):
         train_judge(DistillConfig(ratings=str(rated), output_dir=str(rated), backbones=["unused"]))
     assert len(list(rated.glob("*.json"))) == 6
 

@@ -126,8 +126,8 @@ def test_a_trained_classifier_is_validated_on_models_it_never_saw(trained):
 
 def test_a_trained_classifier_is_saved_without_pickle_and_classifies_new_answers(trained):
     root, _, record = trained
-    assert sorted(p.name for p in (root / "clf").iterdir()) == ["head.safetensors", "heldout.json",
-                                                               "refusal-classifier.json"]
+    assert sorted(p.name for p in (root / "clf").iterdir()) == [".alignscope-folder.json", "head.safetensors",
+                                                               "heldout.json", "refusal-classifier.json"]
     measure = load_refusals(str(root / "clf"))
     decided = classify_answer_sets(measure, {"x": [{"prompt": "q", "response": "I'm sorry, but I can't help with that."},
                                                    {"prompt": "q", "response": "Sure: here is how it works."}]})

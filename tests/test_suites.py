@@ -116,7 +116,7 @@ def test_a_suite_name_that_cannot_name_a_file_is_refused(tmp_path, name):
 def test_an_evaluation_set_with_an_unknown_field_or_a_bad_suite_is_refused(tmp_path):
     base = {"harmful": [{"id": 1, "prompt": "a"}], "helpful": [{"id": 2, "prompt": "b"}], "provenance": {}}
     (tmp_path / "a.json").write_text(json.dumps(base | {"harmfull": []}))
-    with pytest.raises(InputError, match="unknown field"):
+    with pytest.raises(InputError, match="unknown category 'harmfull'"):
         load_evalset(tmp_path / "a.json")
     (tmp_path / "b.json").write_text(json.dumps(base | {"suites": {"x": {"kind": "xstest", "items": [{"id": 1}]}}}))
     with pytest.raises(InputError, match=r"suites.x.items\[0\]"):

@@ -20,7 +20,7 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from alignscope.agreement import AgreementConfig, judge_agreement, write_card
-from alignscope.answers import SUITE_FILE, load_rated_dir, read_suite_answers
+from alignscope.answers import SUITE_FILE, check_index, load_rated_dir, misnamed_files, read_suite_answers
 from alignscope.cache import ResultCache
 from alignscope.config import ConfigError, config_problems, field_docs, load_yaml
 from alignscope.data import DataConfig, load_pairs, summary_text
@@ -32,7 +32,7 @@ from alignscope.refusal.classifier import RefusalTrainConfig, train_refusal_clas
 from alignscope.refusal.labelled import read_answer_records
 from alignscope.suites import SuiteConfig
 from alignscope.generate import GenerateConfig, answer_evalset, write_answer_files
-from alignscope.io import InputError, atomic_write_json
+from alignscope.io import InputError, atomic_write_json, check_name, check_output_dir
 from alignscope.markdown import fmt
 from alignscope.metrics import MetricsConfig
 from alignscope.models import cache_dir
@@ -126,11 +126,18 @@ def config_options(param: str, cls: type, *, skip: tuple = (), rename: dict | No
     return wrap
 
 
+def output_path(value: str) -> Path:
+    """An output path as typed: an empty one would otherwise become the current folder."""
+    if not value.strip():
+        raise typer.BadParameter("is empty; name the file or folder to write (. for the current folder)")
+    return Path(value)
+
+
 # --------------------------------------------------------------------------- commands
 
 @app.command("data")
 @config_options("cfg", DataConfig, rename={"source": "data"})
-def data_cmd(cfg: DataConfig, out: Annotated[Optional[Path], typer.Option(help="Write the data summary JSON here.")] = None):
+def data_cmd(cfg: DataConfig, out: Annotated[Optional[Path], typer.Option(help="Write the data summary JSON here.", parser=output_path)] = None):
     """Load HH-RLHF pairs, split them into prompt / chosen / rejected, and summarise what was read."""
     loaded = load_pairs(cfg)
     typer.echo(summary_text(loaded.summary))
@@ -142,7 +149,7 @@ def data_cmd(cfg: DataConfig, out: Annotated[Optional[Path], typer.Option(help="
 @app.command("evalset")
 @config_options("cfg", EvalsetConfig)
 def evalset_cmd(cfg: EvalsetConfig,
-                out: Annotated[Path, typer.Option(help="Where to write the evaluation set JSON.")],
+                out: Annotated[Path, typer.Option(help="Where to write the evaluation set JSON.", parser=output_path)],
                 xstest: Annotated[Optional[str], typer.Option(help="Add XSTest as a suite: `hub` or its folder / xstest_prompts.csv.")] = None,
                 xstest_per_category: Annotated[Optional[int], typer.Option(help="A seeded sample of this many safe and this many unsafe XSTest prompts, stratified by type.")] = None):
     """Build the evaluation set as the reference study did (seed 100 + --format paper gives its prompts)."""
@@ -172,15 +179,21 @@ def parse_retention(items: list[str] | None) -> list[list[str]] | None:
 def report_cmd(
     metrics_cfg: MetricsConfig, report_cfg: ReportConfig,
     rated: Annotated[Path, typer.Option(help="Folder of <i>_<model>_<harmful|helpful>.json rated answers; the first model is the base.")],
-    out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and figures/.")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and figures/.", parser=output_path)],
     retention: Annotated[Optional[list[str]], typer.Option(help="before:after model pair; repeat for more. Default: base to every model, and sft to sftdpo.")] = None,
     refusals: Annotated[Optional[str], typer.Option(help="Refusal measure: patterns (default), xstest-prefix, or a folder from train-refusal.")] = None,
     suite_answers: Annotated[Optional[Path], typer.Option(help="Folder of <i>_<model>_suite-<name>.json answers (XSTest, prompt files); default: --rated.")] = None,
+    strict: Annotated[bool, typer.Option(help="Refuse files that look like answer files but are misnamed; --no-strict leaves them out and lists them.")] = True,
 ):
     """Turn rated answers into metrics.json and report.md: the study's tables with intervals and paired tests."""
     metrics_cfg = dataclasses.replace(metrics_cfg, retention_pairs=parse_retention(retention))
-    models = load_rated_dir(rated)
+    check_output_dir(out)
+    models = load_rated_dir(rated, strict)
     notes = list(report_cfg.notes) + [f"Rated answers: `{rated}` ({len(models)} models; base: {models[0].name})."]
+    left_out = [p.name for p in misnamed_files(rated)]
+    if left_out:
+        typer.echo(f"left out (misnamed, --no-strict): {', '.join(left_out)}", err=True)
+        notes.append(f"Left out as misnamed (--no-strict): {', '.join(f'`{n}`' for n in left_out)}.")
     suites, decisions = suite_files(suite_answers or rated, [m.name for m in models]), None
     if refusals or suites:
         measure = load_refusals(refusals or "patterns")
@@ -260,7 +273,7 @@ def generate_cmd(
     cfg: GenerateConfig,
     model: Annotated[str, typer.Option(help="Hub id, model folder, or packaged name (gemma-3-270m, smollm2-135m-instruct).")],
     evalset: Annotated[Path, typer.Option(help="Evaluation set JSON from `alignscope evalset`.")],
-    out: Annotated[Path, typer.Option(help="Folder for <index>_<name>_<harmful|helpful>.json answers.")],
+    out: Annotated[Path, typer.Option(help="Folder for <index>_<name>_<harmful|helpful>.json answers.", parser=output_path)],
     name: Annotated[Optional[str], typer.Option(help="Model name in the file names (default: the model's folder or id name).")] = None,
     index: Annotated[int, typer.Option(help="Order among models; the report takes the lowest as the base.")] = 1,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the model.")] = None,
@@ -268,12 +281,14 @@ def generate_cmd(
     allow_pickle: bool = False,
 ):
     """Greedy answers to an evaluation set, batched and cached."""
+    name = check_name(name or Path(model.rstrip("/")).name.replace("_", "-"), "--name")
+    check_index(index)
+    check_output_dir(out)
     doc = load_evalset(evalset)
     bar, tick = progress(len(doc["harmful"]) + len(doc["helpful"]), "generating")
     answers, info = answer_evalset(model, doc, cfg, result_cache("generations", cache), allow_pickle, revision,
                                    progress=tick)
     bar.close()
-    name = name or Path(model.rstrip("/")).name.replace("_", "-")
     write_answer_files(out, index, name, answers, info)
     typer.echo(f"{info['answers']} answers ({info['computed']} computed, {info['cached']} from the cache) "
                f"in {info['seconds']} s; stopped: {info['stopped']}; empty: {info['empty']}")
@@ -285,7 +300,7 @@ def generate_cmd(
 def score_cmd(
     cfg: ScoreConfig,
     answers: Annotated[Path, typer.Option(help="Folder of <i>_<model>_<harmful|helpful>.json answers.")],
-    out: Annotated[Path, typer.Option(help="Folder for the rated files `alignscope report` reads.")],
+    out: Annotated[Path, typer.Option(help="Folder for the rated files `alignscope report` reads.", parser=output_path)],
     cache: Annotated[bool, typer.Option(help="Reuse and store ratings in the cache.")] = True,
 ):
     """Rate answers with a judge (a reward model or a distilled judge), batched and cached."""
@@ -335,7 +350,7 @@ def judge_agreement_cmd(
     cache: Annotated[bool, typer.Option(help="Reuse and store ratings in the cache.")] = True,
 ):
     """Rate a reference judge's answers with another judge and measure their agreement: the judge card."""
-    out = Path(where.out)
+    out = check_output_dir(where.out)
     card = judge_agreement(cfg, where.rated, metrics_cfg, where.reference_judge, result_cache("scores", cache))
     write_card(card, out)
     cats, errors = card["categories"], card["errors"]

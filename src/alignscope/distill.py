@@ -29,7 +29,8 @@ from pydantic import Field
 
 from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
 from alignscope.config import validated
-from alignscope.io import InputError, atomic_folder, atomic_write_json, check_output_dir, sha256_file, sha256_json
+from alignscope.io import (InputError, atomic_folder, atomic_write_bytes, atomic_write_json, check_output_dir,
+                           check_replaceable, sha256_file, sha256_json)
 from alignscope.judge import (DISTILLED_HEADS, DISTILLED_MANIFEST, FEATURES_VERSION, OPENASSISTANT_JUDGE,
                               REFERENCE_RATINGS, BackboneFeatures, feature_set)
 from alignscope.metrics import MetricsConfig, category_flags, cohen_kappa, rank_agreement, rate, worst_difference_error
@@ -229,24 +230,35 @@ def head_tensors(heads: dict) -> tuple[dict, dict]:
     return {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}, described
 
 
+JUDGE_KIND = "distilled judge"
+
+
 def check_judge_folder(out: Path) -> None:
-    """The judge's folder is replaced whole: refuse one that holds anything but an earlier judge
-    (the ratings themselves, say), which would be deleted."""
+    """The judge's folder is replaced whole: refuse one that holds anything but a judge alignscope
+    wrote (the ratings themselves, say, or notes beside a judge), which would be deleted."""
     check_output_dir(out)
-    if out.is_dir() and any(out.iterdir()) and not (out / DISTILLED_MANIFEST).is_file():
-        raise InputError(f"{out}: holds files that are not a distilled judge, and the judge's folder is replaced "
-                         "whole; choose a new or empty folder")
+    check_replaceable(out.resolve() if out.is_symlink() else out, JUDGE_KIND)
+
+
+def check_rows(rows: Rows, cfg: DistillConfig) -> None:
+    """What validation needs of the rated answers, checked before any feature is computed."""
+    if len(rows.models) == 2:
+        raise InputError(f"{cfg.ratings}: 2 models ({', '.join(rows.models)}); leaving one out would leave a single "
+                         "model to choose the ridge penalty from. Give one model (validated by leaving prompts out) "
+                         "or at least three")
+    prompt_folds(rows, cfg.prompt_folds, cfg.seed)
 
 
 def train_judge(cfg: DistillConfig, progress=None) -> dict:
     """Fit, validate and save the judge in output_dir; returns its record."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     cfg = validated(cfg, "train-judge")
     check_judge_folder(Path(cfg.output_dir))
     folder = Path(cfg.ratings)
     models = load_rated_dir(folder)  # names the file of any missing or non-finite rating, or mismatched prompts
     rows = rows_of(models)
+    check_rows(rows, cfg)
     started = time.time()
     sets, backbones = extract_sets(cfg, rows, progress)
     validation = validate(sets, rows, cfg)
@@ -266,11 +278,11 @@ def train_judge(cfg: DistillConfig, progress=None) -> dict:
     }
 
     def write(tmp: Path) -> None:
-        save_file(tensors, str(tmp / DISTILLED_HEADS))
+        atomic_write_bytes(tmp / DISTILLED_HEADS, save(tensors))  # save_file would make it 0600
         atomic_write_json(tmp / DISTILLED_MANIFEST, record)
 
     # whole or not at all: a failure above leaves no partial judge behind
-    atomic_folder(cfg.output_dir, write)
+    atomic_folder(cfg.output_dir, write, JUDGE_KIND)
     return record
 
 

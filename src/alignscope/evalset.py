@@ -24,6 +24,8 @@ from alignscope.io import InputError, atomic_write_json, read_json
 from alignscope.suites import SuiteConfig, check_suite_name, load_suite
 
 PromptFormat = Literal["paper", "hh"]
+# What an evaluation set file holds: a prompt under any other key would never be answered.
+EVALSET_KEYS = ("harmful", "helpful", "provenance", "suites")
 
 
 @dataclass
@@ -125,6 +127,10 @@ def load_evalset(path: str | Path) -> dict:
     doc = read_json(path)
     if not isinstance(doc, dict):
         raise InputError(f"{path}: expected an object with 'harmful' and 'helpful' lists")
+    unknown = [k for k in doc if k not in EVALSET_KEYS]
+    if unknown:
+        raise InputError(f"{path}: unknown categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}; "
+                         f"an evaluation set holds {', '.join(EVALSET_KEYS)} only")
     for cat in ("harmful", "helpful"):
         items = doc.get(cat)
         if not isinstance(items, list):
@@ -132,10 +138,12 @@ def load_evalset(path: str | Path) -> dict:
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or "id" not in item:
                 raise InputError(f"{path}: {cat}[{i}] must be an object with string 'prompt' and an 'id'")
-    unknown = set(doc) - {"harmful", "helpful", "provenance", "suites"}
-    if unknown:
-        raise InputError(f"{path}: unknown field(s) {', '.join(sorted(unknown))}; an evaluation set holds "
-                         "harmful, helpful, provenance and suites")
+        first = {}
+        for i, item in enumerate(items):
+            j = first.setdefault(item["prompt"], i)
+            if j != i:
+                raise InputError(f"{path}: {cat}[{i}] repeats the prompt of {cat}[{j}] ({item['prompt'][:60]!r}); "
+                                 "each prompt is answered once, and the report pairs answers by prompt")
     suites = doc.get("suites", {})
     if not isinstance(suites, dict):
         raise InputError(f"{path}: 'suites' must map suite names to {{'kind', 'items'}}")

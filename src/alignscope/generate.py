@@ -16,7 +16,7 @@ can go either way.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
@@ -25,7 +25,7 @@ from pydantic import Field
 from alignscope.answers import CATEGORIES, answer_filename, generation_filename, suite_filename
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
-from alignscope.io import InputError, atomic_write_json
+from alignscope.io import InputError, atomic_write_json, check_name
 from alignscope.models import eos_token_ids, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
 
 STOP_EOS, STOP_STRING, STOP_LENGTH = "eos", "stop_string", "length"
@@ -45,7 +45,7 @@ class GenerateConfig:
     max_group_tokens: Annotated[int, Field(ge=1)] = 131072
     """Cap on answers x padded prompt length in one decoding group: bounds the cache's memory."""
     stop_at_human_turn: bool | None = None
-    """Cut an answer at the next "\\n\\nHuman:" turn; default: on when prompts end with "Assistant:" (hh format)."""
+    """Cut an answer at the next "\\n\\nHuman:" turn; default: on for each prompt that ends with "Assistant:" (hh format)."""
     stop_strings: list[str] = field(default_factory=lambda: ["\n\nHuman:"])
     truncate_prompts: bool = False
     """Cut a prompt too long for the model's context from its start (recorded in each answer); else refuse it."""
@@ -70,10 +70,15 @@ class Answer:
         return out | ({"prompt_tokens_cut": self.prompt_tokens_cut} if self.prompt_tokens_cut else {})
 
 
-def stops_at_human_turn(cfg: GenerateConfig, prompts: list[str]) -> bool:
+def stops_at_human_turn(cfg: GenerateConfig, prompt: str) -> bool:
+    """Decided per prompt, so that one prompt in another format changes no other prompt's answer."""
     if cfg.stop_at_human_turn is not None:
         return cfg.stop_at_human_turn
-    return bool(prompts) and all(p.rstrip().endswith("Assistant:") for p in prompts)
+    return prompt.rstrip().endswith("Assistant:")
+
+
+def prompt_stops(cfg: GenerateConfig, prompt: str) -> list[str]:
+    return list(cfg.stop_strings) if stops_at_human_turn(cfg, prompt) else []
 
 
 def context_limit(model) -> int | None:
@@ -183,7 +188,8 @@ class Decoding:
     encoded: list[list[int]]
     """Each prompt's token ids."""
     cfg: GenerateConfig
-    stops: list[str]
+    stops: list[list[str]]
+    """Each prompt's stop strings."""
     eos: set[int]
     on_answer: Callable[[int, "Answer"], None]
     """Called with (prompt index, answer) as each answer finishes."""
@@ -214,8 +220,8 @@ def decode(run: Decoding, rows: list[int], prefilled: list, first_logits: list) 
             if not decoding[slot]:
                 continue
             generated[slot].append(token)
-            done = _finish(run.tokenizer, run.prompts[rows[slot]], generated[slot], run.eos, run.stops,
-                           cfg.max_new_tokens)
+            done = _finish(run.tokenizer, run.prompts[rows[slot]], generated[slot], run.eos,
+                           run.stops[rows[slot]], cfg.max_new_tokens)
             if done is not None:
                 decoding[slot] = False
                 run.on_answer(rows[slot], done)
@@ -252,7 +258,7 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig =
     cfg = validated(cfg, "generate")
     if not prompts:
         return []
-    stops = list(cfg.stop_strings) if stops_at_human_turn(cfg, prompts) else []
+    stops = [prompt_stops(cfg, p) for p in prompts]
     encoded, cut = encode_prompts(tokenizer, prompts, cfg, context_limit(model), names)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     eos = eos_token_ids(model, tokenizer)
@@ -300,7 +306,7 @@ def settings_key(cfg: GenerateConfig, stops: list[str]) -> dict:
     return key | ({"truncate_prompts": True} if cfg.truncate_prompts else {})
 
 
-def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig, stops: list[str]) -> list[Answer]:
+def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig) -> list[Answer]:
     """The same answers format from vLLM (GPU only). vLLM batches continuously, so in
     bf16 its answers may differ from the hf backend's near ties."""
     try:
@@ -312,8 +318,8 @@ def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig, stops
     if not torch.cuda.is_available():
         raise InputError("backend vllm needs a CUDA GPU; use backend: hf on this machine")
     llm = LLM(model=resolved, dtype="float32" if cfg.precision == "fp32" else "bfloat16", seed=0)
-    params = SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, stop=stops or None,
-                            skip_special_tokens=True)
+    params = [SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, stop=prompt_stops(cfg, p) or None,
+                             skip_special_tokens=True) for p in prompts]
     answers = []
     for prompt, result in zip(prompts, llm.generate(prompts, params, use_tqdm=False)):
         out = result.outputs[0]
@@ -336,14 +342,13 @@ def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = G
     cache = cache or disabled_cache()
     resolved = resolve_model(model_spec, allow_pickle)
     fingerprint = model_fingerprint(resolved, revision)
-    stops = list(cfg.stop_strings) if stops_at_human_turn(cfg, prompts) else []
-    settings = settings_key(cfg, stops)
-    keys = [cache.key("generate", fingerprint, settings, p) for p in prompts]
+    # each prompt's own stopping rule is in its key: one prompt in another format leaves the others' entries valid
+    keys = [cache.key("generate", fingerprint, settings_key(cfg, prompt_stops(cfg, p)), p) for p in prompts]
 
     def compute(missing: list[int], store) -> None:
         todo = [prompts[i] for i in missing]
         if cfg.backend == "vllm":
-            for i, answer in zip(missing, _generate_vllm(resolved, todo, cfg, stops)):
+            for i, answer in zip(missing, _generate_vllm(resolved, todo, cfg)):
                 store(i, answer.payload())
             return
         if cfg.num_threads:
@@ -352,14 +357,15 @@ def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = G
         if torch.cuda.is_available():
             model = model.cuda()
         tokenizer = load_tokenizer(resolved, revision)
-        fixed = GenerateConfig(**{**asdict(cfg), "stop_at_human_turn": bool(stops)})
-        generate_answers(model, tokenizer, todo, fixed, progress=progress,
+        generate_answers(model, tokenizer, todo, cfg, progress=progress,
                          on_answer=lambda j, answer: store(missing[j], answer.payload()),
                          names=[names[i] for i in missing] if names else None)
 
     found, info = cached_map(cache, keys, compute, progress)
     answers = [Answer(p, f["response"], f["tokens"], f["stop"], f["token_ids"], f.get("prompt_tokens_cut", 0))
                for p, f in zip(prompts, found)]
+    settings = settings_key(cfg, list(cfg.stop_strings)) | {
+        "stop_strings_on": sum(stops_at_human_turn(cfg, p) for p in prompts)}  # prompts they applied to
     info = {"model": model_spec, "resolved": resolved, "revision": revision, "fingerprint": fingerprint,
             "settings": settings, **info, **summarize(answers)}
     return answers, info
@@ -400,6 +406,7 @@ def answer_files_of(folder: str | Path, index: int, name: str, suites: list[str]
 def write_answer_files(folder: str | Path, index: int, name: str, answers: dict, info: dict) -> list[Path]:
     """`<index>_<name>_<harmful|helpful>.json` (what `score` reads), a `<index>_<name>_suite-<suite>.json`
     per suite, and `<index>_<name>_generation.json`."""
+    check_name(name, "name")
     suites = answers.get("suites", {})
     paths = answer_files_of(folder, index, name, list(suites))
     contents = [answers[cat] for cat in CATEGORIES] + list(suites.values())

@@ -8,6 +8,7 @@ rounded up: +28.125 % is "+28.13"), so its tables can be compared line by line.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 from alignscope.answers import RatedModel
 from alignscope.data import first_human_turn
 from alignscope.html_report import hh_sections, suite_sections, write_html_report
-from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir
+from alignscope.io import atomic_folder, atomic_write_json, atomic_write_text, check_output_dir
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
 from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, compute_metrics, harmless_flags, helpful_flags,
@@ -199,8 +200,13 @@ def retention_findings(metrics: dict) -> list[str]:
             for r in metrics["retention"] if r["helpful_before"]]
 
 
+ONE_MODEL = "One model only: there is no second model to compare it with, so no paired test was made."
+
+
 def findings(metrics: dict) -> str:
     """Plain words: which differences the paired tests support, which they do not."""
+    if len(metrics["models"]) < 2:
+        return ONE_MODEL
     return "\n\n".join(rate_findings(metrics) + [reward_findings(metrics)] + retention_findings(metrics))
 
 
@@ -379,18 +385,18 @@ def make_figures(models: list[RatedModel], metrics: dict, cfg: MetricsConfig, ou
     import matplotlib
 
     matplotlib.use("Agg")
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     ratings = rating_range(metrics)
-    # Figures are small; writing through a temporary name keeps them atomic too.
-    for name, draw in (("rates.png", lambda p: figure_rates(metrics, p)),
-                       ("reward_boxes.png", lambda p: figure_reward_boxes(models, cfg, ratings, p)),
-                       ("per_prompt.png", lambda p: figure_per_prompt(models, cfg, ratings, p)),
-                       ("thresholds.png", lambda p: figure_thresholds(metrics, p)),
-                       *([("tradeoff.png", lambda p: figure_tradeoff(metrics, p))] if has_xstest(metrics) else [])):
-        tmp = fig_dir / f".{name}.tmp.png"
-        draw(tmp)
-        tmp.replace(fig_dir / name)
+
+    def draw_all(fig_dir: Path) -> None:
+        for name, draw in (("rates.png", lambda p: figure_rates(metrics, p)),
+                           ("reward_boxes.png", lambda p: figure_reward_boxes(models, cfg, ratings, p)),
+                           ("per_prompt.png", lambda p: figure_per_prompt(models, cfg, ratings, p)),
+                           ("thresholds.png", lambda p: figure_thresholds(metrics, p)),
+                           *([("tradeoff.png", lambda p: figure_tradeoff(metrics, p))] if has_xstest(metrics) else [])):
+            draw(fig_dir / name)
+
+    # all or none: the folder is drawn aside and swapped in whole
+    atomic_folder(out / "figures", draw_all, "report figures", legacy_files=tuple(figure_captions(metrics)))
     return [f"figures/{n}" for n in figure_captions(metrics)]
 
 
@@ -481,7 +487,8 @@ def refusal_section(metrics: dict) -> str:
         supported = [describe(t) for t in r["tests"] if t["q_value"] < SIGNIFICANCE]
         verdict = ("**Supported** (exact McNemar against the base, Benjamini-Hochberg q < "
                    f"{SIGNIFICANCE}): " + "; ".join(supported) + "." if supported else
-                   f"No change in refusals against the base is supported (q < {SIGNIFICANCE}).")
+                   f"No change in refusals against the base is supported (q < {SIGNIFICANCE})." if len(rows) > 1 else
+                   ONE_MODEL)
         return "\n".join(["## Refusals (no judge)", "",
                           f"Answers whose opening refuses or deflects, by the fixed pattern list `{r['patterns']}` "
                           "(alignscope.refusal): on harmful prompts a safety measure that needs no judge, on helpful "
@@ -606,13 +613,22 @@ def write_report(models: list[RatedModel], out: str | Path, metrics_cfg: Metrics
         metrics["suites"] = {name: suite_metrics(s["kind"], s["answers"], metrics_cfg) for name, s in suites.items()}
     if extra:
         metrics.update(extra)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = make_figures(models, metrics, metrics_cfg, out) if report_cfg.figures else []
-    atomic_write_json(out / "metrics.json", metrics)
     leading = [section(metrics) if callable(section) else section for section in leading_sections]
-    atomic_write_text(out / "report.md", render_markdown(metrics, report_cfg, figures, extra_sections, leading))
-    write_html_report(out, [m.name for m in models], html_sections(models, metrics, refusals, suites),
-                      refusal_name(metrics))
+    figures = [f"figures/{n}" for n in figure_captions(metrics)] if report_cfg.figures else []
+    text = render_markdown(metrics, report_cfg, figures, extra_sections, leading)
+    written = []
+    try:  # a failed write leaves none of this run's outputs beside the old ones
+        if figures:
+            make_figures(models, metrics, metrics_cfg, out)
+            written.append(out / "figures")
+        written.append(atomic_write_json(out / "metrics.json", metrics))
+        written.append(atomic_write_text(out / "report.md", text))
+        write_html_report(out, [m.name for m in models], html_sections(models, metrics, refusals, suites),
+                          refusal_name(metrics))
+    except BaseException:
+        for path in written:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
     return metrics
 
 

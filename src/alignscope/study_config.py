@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +23,7 @@ from alignscope.data import HUB_DATASET
 from alignscope.distill import DistillConfig
 from alignscope.evalset import EvalsetConfig
 from alignscope.generate import GenerateConfig
-from alignscope.io import InputError
+from alignscope.io import InputError, check_name, check_output_dir
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.metrics import MetricsConfig
 from alignscope.models import PACKAGED, check_safetensors, hub_reachable_or_cached, hub_revision, looks_like_hub_id
@@ -38,7 +37,6 @@ VARIANTS = ("base", "sft", "dpo", "sftdpo")
 Variant = Literal["base", "sft", "dpo", "sftdpo"]
 # A variant's file index whichever variants a study runs: its files keep their names.
 VARIANT_INDEX = {v: i for i, v in enumerate(VARIANTS, start=1)}
-NAME = re.compile(r"^[A-Za-z0-9.-]+$")
 
 
 @dataclass
@@ -165,6 +163,11 @@ def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -
         problems.append(locate(node, loc, text, overrides))
 
     allow_pickle = raw.get("allow_pickle") is True
+    if isinstance(raw.get("output_dir"), str):
+        try:
+            check_output_dir(raw["output_dir"])
+        except InputError as e:
+            report(("output_dir",), str(e))
     data = raw.get("data", "hub")
     if data == "hub":
         if os.environ.get("HF_HUB_OFFLINE") and not hub_dataset_cached():
@@ -182,8 +185,11 @@ def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -
     for i, m in enumerate(models):
         if not isinstance(m, dict):
             continue
-        if isinstance(m.get("name"), str) and not NAME.match(m["name"]):
-            report(("models", i, "name"), f"{m['name']!r} may use letters, digits, '-' and '.' only")
+        if isinstance(m.get("name"), str):
+            try:
+                check_name(m["name"], "name")
+            except InputError as e:
+                report(("models", i, "name"), str(e).removeprefix("name: "))
         if isinstance(m.get("model"), str):
             for text in model_problems(m["model"], m.get("revision"), allow_pickle):
                 report(("models", i, "model"), text)

@@ -168,7 +168,7 @@ def write_refusal_card(card: dict, out: str | Path) -> Path:
         atomic_write_json(folder / "refusal-card.json", card)
         atomic_write_text(folder / "refusal-card.md", card_markdown(card))
 
-    return atomic_folder(out, write)
+    return atomic_folder(out, write, "refusal card")
 
 
 def card_view(card: dict, card_file: str, max_new_tokens: int) -> dict:

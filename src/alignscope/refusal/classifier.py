@@ -29,7 +29,7 @@ from pydantic import Field
 
 from alignscope import __version__
 from alignscope.config import validated
-from alignscope.io import InputError, atomic_folder, atomic_write_json, read_json
+from alignscope.io import InputError, atomic_folder, atomic_write_json, check_replaceable, read_json
 from alignscope.models import model_fingerprint, resolve_model
 from alignscope.refusal.baseline import prefix_refuses
 from alignscope.refusal.labelled import LabelledAnswers, read_labelled_files
@@ -39,6 +39,7 @@ CLASSIFIER_MANIFEST = "refusal-classifier.json"
 CLASSIFIER_KIND = "alignscope-refusal-classifier"
 FEATURES_VERSION = "refusal-features/1"  # embedding of the answer's opening + pattern flag + prefix flag
 HEAD_FILE = "head.safetensors"
+CLASSIFIER_FOLDER = "refusal classifier"
 
 
 @dataclass
@@ -127,8 +128,7 @@ def train_refusal_classifier(cfg: RefusalTrainConfig, progress=None) -> dict:
         if len(set(s.refused)) < 2:
             raise InputError(f"{s.path}: every answer has the same label; a classifier needs both kinds")
     out = Path(cfg.output_dir)
-    if out.exists() and not (out / CLASSIFIER_MANIFEST).is_file() and any(out.iterdir()):
-        raise InputError(f"{out}: exists and is not a refusal classifier; choose an empty or new folder")
+    check_replaceable(out, CLASSIFIER_FOLDER)  # before the work, not after it
     encoder = Encoder(cfg.backbone, cfg.allow_pickle, cfg.max_tokens, cfg.batch_size)
     cut = {s.name: [cut_to_tokens(encoder.tokenizer, a, cfg.cut_tokens) for a in s.answers] for s in sets}
     x = {s.name: {"whole": features(encoder, s.answers, progress), "cut": features(encoder, cut[s.name], progress)}
@@ -163,7 +163,7 @@ def train_refusal_classifier(cfg: RefusalTrainConfig, progress=None) -> dict:
         atomic_write_json(folder / "heldout.json", heldout)
         atomic_write_json(folder / CLASSIFIER_MANIFEST, record)
 
-    atomic_folder(out, write)
+    atomic_folder(out, write, CLASSIFIER_FOLDER)
     return record
 
 
