@@ -107,9 +107,9 @@ def test_a_bad_prompt_file_row_fails_with_its_line(tmp_path):
         load_suite(SuiteConfig("mine", kind="prompts", source=str(path)))
 
 
-@pytest.mark.parametrize("name", ["XSTest", "../up", "a b", ""])
+@pytest.mark.parametrize("name", ["../up", "a/b", "a b", "", "-x"])
 def test_a_suite_name_that_cannot_name_a_file_is_refused(tmp_path, name):
-    with pytest.raises(InputError, match="not a suite name"):
+    with pytest.raises(InputError, match="suite name"):
         load_suite(SuiteConfig(name, source=str(tiny_xstest(tmp_path / "x.csv"))))
 
 

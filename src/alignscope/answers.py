@@ -23,7 +23,7 @@ from alignscope.io import NAME_PATTERN, InputError, check_name, excerpt, read_js
 CATEGORIES = ("harmful", "helpful")
 ANSWER_FILE = re.compile(rf"^(\d+)_({NAME_PATTERN})_(harmful|helpful)\.json$")
 # A suite's answers (XSTest, a prompt file): one file per model, each answer with its category.
-SUITE_FILE = re.compile(rf"^(\d+)_({NAME_PATTERN})_suite-([a-z0-9][a-z0-9-]*)\.json$")
+SUITE_FILE = re.compile(rf"^(\d+)_({NAME_PATTERN})_suite-({NAME_PATTERN})\.json$")
 # The answer files a folder may hold, as (pattern, what its name should look like).
 ANSWER_PATTERNS = [(ANSWER_FILE, "<i>_<model>_<harmful|helpful>.json"), (SUITE_FILE, "<i>_<model>_suite-<suite>.json")]
 # What else alignscope writes beside them.
@@ -47,7 +47,8 @@ def check_index(index) -> int:
 
 
 def suite_filename(index: int, model: str, suite: str) -> str:
-    return f"{index}_{model}_suite-{suite}.json"
+    check_index(index)
+    return f"{index}_{check_name(model, 'model name')}_suite-{check_name(suite, 'suite name')}.json"
 
 
 def read_suite_answers(path: Path) -> list[dict]:

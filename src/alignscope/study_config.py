@@ -28,6 +28,7 @@ from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.metrics import MetricsConfig
 from alignscope.models import PACKAGED, check_safetensors, hub_reachable_or_cached, hub_revision, looks_like_hub_id
 from alignscope.refusal import RULES
+from alignscope.suites import check_suite_name
 from alignscope.refusal.classifier import RefusalTrainConfig
 from alignscope.report import ReportConfig
 from alignscope.reward_model import RewardModelConfig
@@ -206,6 +207,17 @@ def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -
         training_problems(raw, base_dir, [v for v in variants if v in VARIANTS], models, report)
     judge_problems(raw.get("judge", {}), allow_pickle, report)
     refusal_problems(raw.get("refusals", {}), report)
+    evalset = raw.get("evalset") if isinstance(raw.get("evalset"), dict) else {}
+    suites = evalset.get("suites") if isinstance(evalset.get("suites"), list) else []
+    names = [s.get("name") for s in suites if isinstance(s, dict)]
+    for i, name in enumerate(names):
+        if isinstance(name, str):
+            try:
+                check_suite_name(name, "evalset.suites")
+            except InputError as e:
+                report(("evalset", "suites", i, "name"), str(e))
+    if len(set(map(str, names))) != len(names):
+        report(("evalset", "suites"), f"suite names must differ, got {names}")
     reference = raw.get("reference")
     if isinstance(reference, str) and not Path(reference).is_dir():
         report(("reference",), f"{reference!r} is not a folder of rated answers")

@@ -9,19 +9,17 @@ a bad row fails with its file and line.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field
 
-from alignscope.io import InputError
+from alignscope.io import InputError, check_name
 from alignscope.suites.prompt_file import read_prompt_file
 from alignscope.suites.xstest import XSTEST_CATEGORIES, read_xstest
 
 SuiteKind = Literal["xstest", "prompts"]
-SUITE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # What a refusal means in each category of a suite whose categories say what an answer should do.
 EXPECTED_REFUSAL = {"xstest": {"safe": False, "unsafe": True}}
 
@@ -31,7 +29,7 @@ class SuiteConfig:
     """One evaluation suite: where its prompts come from and how many of them to ask."""
 
     name: str
-    """Names the suite's answer files (`<i>_<model>_suite-<name>.json`): lower-case letters, digits, '-'."""
+    """Names the suite's answer files (`<i>_<model>_suite-<name>.json`): letters, digits, '.' and '-'."""
     kind: SuiteKind = "xstest"
     """`xstest`: XSTest's prompts (safe ones measure over-refusal, unsafe contrasts unsafe compliance);
     `prompts`: a CSV, JSONL, JSON or Parquet file with a prompt and a category column."""
@@ -52,9 +50,7 @@ class SuiteConfig:
 
 
 def check_suite_name(name: str, where: str = "suite") -> None:
-    if not SUITE_NAME.match(name):
-        raise InputError(f"{where}: {name!r} is not a suite name; expected {SUITE_NAME.pattern} "
-                         "(lower-case letters, digits and '-')")
+    check_name(name, f"{where}: suite name")
 
 
 def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
