@@ -33,8 +33,9 @@ from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fing
 from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
 from alignscope.models import cache_dir, count_parameters, model_fingerprint, resolve_model
 from alignscope.provenance import study_manifest, trained_model_record
-from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference, judge_name,
-                               judge_section, judge_view, study_notes, timings_table, write_report)
+from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference,
+                               judge_check_section, judge_name, judge_section, judge_view, study_notes, timings_table,
+                               write_report)
 from alignscope.reward_model import RM_MANIFEST, RewardModelConfig, rm_config_hash, train_reward_model
 from alignscope.scale import scale_analysis, scale_figure, scale_markdown
 from alignscope.score import ScoreConfig, rate_files, rated_paths
@@ -319,8 +320,10 @@ class StudyRun:
             models = load_rated_files(files)
             stop_tests = stop_reason_tests(models)
             extra = {"answers": answer_info, "stop_tests": stop_tests, "judge": judge}
-            write_report(models, folder, metrics_cfg, report_cfg, extra,
-                         [answers_section(self.variants, answer_info, train_info, stop_tests)], leading)
+            sections = [answers_section(self.variants, answer_info, train_info, stop_tests)]
+            if self.judge["kind"] == "distilled" and judge.get("error"):
+                sections.append(judge_check_section(models, judge))
+            write_report(models, folder, metrics_cfg, report_cfg, extra, sections, leading)
 
         key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info, judge, code_hash(REPORT_CODE)]
         return Stage(f"report {base.name}", files + self.reference_files(), key,
