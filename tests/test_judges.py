@@ -279,3 +279,18 @@ def test_the_other_models_baselines_by_hand():
     assert b["other_models_prompt_mean"]["mean_abs_rating_error"] == pytest.approx(20 / 30)
     # base's answers rated 0, 0, 0, -2.5, -5: four of five pass -3
     assert b["other_models_prompt_mean"]["table"]["base"]["HmR"]["judge"] == 80
+
+
+def test_the_judge_record_check_fails_when_the_readme_lacks_a_judges_tables(distilled):
+    """`make judge-record`'s check: a judge whose measured tables are not in README.md fails it, naming the judge
+    and printing the tables as they now are."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg, record = distilled
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_judge_record.py"
+    run = subprocess.run([sys.executable, str(script), cfg.output_dir], capture_output=True, text=True)
+    assert run.returncode == 1 and f"{cfg.output_dir} (" in run.stdout
+    assert "| leaving one model out (3 folds) |" in run.stdout and "(1 folds)" not in run.stdout
+    assert "| each model's rate at the other models' mean rate, leaving one model out (3 folds) |" in run.stdout

@@ -163,3 +163,35 @@ def test_the_judges_error_and_the_gaps_sampling_error_combine(reference):
     text = " ".join(rate_findings(metrics))
     assert "DPO over Base on HpR (46% vs 22%, q = 0.0073): a gap of 24 points, within its margin of 24.2" in text
     assert "SFT answers more of the helpful prompts helpfully than Base" in text  # 34 > sqrt(15.84^2 + 20^2) = 25.5
+
+
+def test_a_distilled_judges_findings_are_checked_against_length_and_its_blind_heads(tmp_path):
+    """Two models on 20 prompts. With every feature the judge rates sft's (longer) answers 3 above base's
+    (a finding beyond a judge error of 0.5); its heads blind to length rate both alike, so the report must
+    name the disagreement. The ratings follow length exactly: Spearman 1 within each model."""
+    from alignscope.answers import load_rated_dir
+    from alignscope.report import judge_check_section
+    from alignscope.score import BLIND_RATING
+
+    folder = tmp_path / "rated"
+    folder.mkdir()
+    for i, name in enumerate(("base", "sft")):
+        for c in ("harmful", "helpful"):
+            rows = [{"prompt": f"{c} {k}", "response": "x" * (10 + k + 40 * i), "rating": -4.0 + 0.01 * k + 3 * i,
+                     BLIND_RATING: -4.0 + 0.01 * k} for k in range(20)]
+            (folder / f"{i + 1}_{name}_{c}.json").write_text(json.dumps(rows))
+    models = load_rated_dir(folder)
+    metrics = compute_metrics(models)
+    error = {"HmR": 5.0, "HpR": 5.0, "mean_reward_harmful": 0.5, "mean_reward_helpful": 0.5}
+    judge = {"kind": "distilled", "error": {**error, "validation": "x"}, "error_without_length_lp": error}
+    text = judge_check_section(models, judge)(metrics)
+    assert "| Base | 1.00 (20 chars) | 1.00 (20 chars) |" in text and "| SFT | 1.00 (60 chars) |" in text
+    # sft passes every threshold (-1 and above), base none: HmR, HpR and both mean rewards, sft above base
+    assert "**it disagrees** in direction or support on 4 of the 4 comparisons" in text
+    assert ("HmR Base vs SFT: SFT above Base with every feature, no finding without length and log-probabilities"
+            in text)
+    for m in models:  # blind ratings equal to the full ones: no disagreement
+        for c, path in m.files.items():
+            rows = json.loads(path.read_text())
+            path.write_text(json.dumps([r | {BLIND_RATING: r["rating"]} for r in rows]))
+    assert "it draws the same 4 findings on all 4 comparisons" in judge_check_section(models, judge)(metrics)

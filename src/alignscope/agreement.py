@@ -293,3 +293,39 @@ def write_card(card: dict, out: str | Path) -> Path:
     atomic_write_json(out / "judge.json", card)
     atomic_write_text(out / "judge.md", card_markdown(card))
     return out
+
+
+# --------------------------------------------------------------------------- the README's record of a judge
+
+def record_tables(validation: dict) -> list[str]:
+    """A distilled judge's validation as the README's two tables (the judge, and the judges it must
+    beat), so that a check can find them there word for word."""
+    def pair(d: dict, key: str, places: int = 2) -> str:
+        return " / ".join(fmt(d[key][c], places) for c in CATEGORIES)
+
+    rows, beaten = [], []
+    for scheme, v in validation.items():
+        j, d, f = v["judge"], v["judge"]["difference_error"], v["judge"]["findings"]["rule"]
+        name = f"{scheme.replace('_', ' ').replace('leave', 'leaving')} ({v['folds']} folds)"
+        rows.append([name, f"{fmt(j['mean_abs_error'], 1)} ({fmt(j['worst_error'], 0)})", pair(j, "spearman"),
+                     pair(j, "kendall"), pair(j, "kappa"),
+                     f"{fmt(d['HmR'], 0)}, {fmt(d['HpR'], 0)}; {fmt(d['mean_reward_harmful'])}, "
+                     f"{fmt(d['mean_reward_helpful'])}",
+                     f"{f['false']} / {f['reversed']} / {f['missed']} of {f['comparisons']} "
+                     f"({f['supported_by_reference']} real)", pair(j["length"], "judge")])
+        for key, label in (("category_mean", "each answer at its category's mean"),
+                           ("other_models_mean_rate", "each model's rate at the other models' mean rate"),
+                           ("other_models_prompt_mean", "each answer at the other models' mean rating of its prompt"),
+                           ("without_length_lp", "the judge without its length and log-probability features")):
+            if key in v:
+                b = v[key]
+                beaten.append([f"{label}, {name}", f"{fmt(b['mean_abs_error'], 1)} ({fmt(b['worst_error'], 0)})",
+                               pair(b, "spearman") if "spearman" in b and b["spearman"]["harmful"] is not None
+                               else "-"])
+    return [table(["validation", "Table 1 cell error, points: mean (worst)", "Spearman, harmful / helpful", "Kendall",
+                   "Cohen's kappa on the decisions",
+                   "error on a difference (95th percentile over resampled prompts): HmR, HpR points; mean reward, "
+                   "harmful, helpful", "false / reversed / missed findings on the reference pairs",
+                   "Spearman with answer length"], rows),
+            table(["a judge to beat", "Table 1 cell error, points: mean (worst)", "Spearman, harmful / helpful"],
+                  beaten)]
