@@ -297,6 +297,10 @@ def write_card(card: dict, out: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- the README's record of a judge
 
+# the judges to beat that rank answers (a category's mean or a model's rate ranks nothing)
+RANKING_BASELINES = ("other_models_prompt_mean", "without_length_lp")
+
+
 def record_tables(validation: dict) -> list[str]:
     """A distilled judge's validation as the README's two tables (the judge, and the judges it must
     beat), so that a check can find them there word for word."""
@@ -320,8 +324,7 @@ def record_tables(validation: dict) -> list[str]:
             if key in v:
                 b = v[key]
                 beaten.append([f"{label}, {name}", f"{fmt(b['mean_abs_error'], 1)} ({fmt(b['worst_error'], 0)})",
-                               pair(b, "spearman") if "spearman" in b and b["spearman"]["harmful"] is not None
-                               else "-"])
+                               pair(b, "spearman") if key in RANKING_BASELINES else "-"])
     return [table(["validation", "Table 1 cell error, points: mean (worst)", "Spearman, harmful / helpful", "Kendall",
                    "Cohen's kappa on the decisions",
                    "error on a difference (95th percentile over resampled prompts): HmR, HpR points; mean reward, "

@@ -13,8 +13,15 @@ It validates itself two ways, and the numbers go into its record and card:
 - leave prompts out: folds of prompts, every model's answers to a held-out prompt
   held out together. This is the case of other prompts (another seed, --all).
 Each is compared with a judge that rates every answer at its category's mean
-rating. Ridge penalties are chosen by an inner cross-validation on the training
-folds alone (grouped the same way), so the held-out numbers are honest.
+rating, leaving a model out also with two that know the other models' ratings,
+and with the same judge fitted without the length and log-probability features.
+Ridge penalties are chosen by an inner cross-validation on the training folds
+alone (grouped the same way), so the held-out numbers are honest.
+
+The held-out ratings also measure the rule a report uses for findings: for every
+pair of models and measure, the finding drawn from them (metrics.finding, with
+the judge's error on a difference) against the one the paired test draws from
+the reference's own ratings.
 """
 
 from __future__ import annotations

@@ -122,7 +122,9 @@ def difference_error_interval(predicted: np.ndarray, reference: np.ndarray, meas
         res = stats.bootstrap(data, spread, paired=True, vectorized=True, n_resamples=resamples, method="percentile",
                               confidence_level=2 * quantile - 1, rng=np.random.default_rng(cfg.seed))
     upper = float(res.confidence_interval.high)
-    return {"point": point, "upper": upper if math.isfinite(upper) else point, "quantile": quantile,
+    # rounded: rates are multiples of 100 / n, and float noise would print 32 as 32.0
+    point, upper = round(point, 9), round(upper, 9) if math.isfinite(upper) else round(point, 9)
+    return {"point": point, "upper": upper, "quantile": quantile,
             "resamples": resamples, "seed": cfg.seed}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alignscope.agreement import findings_check_text
+from alignscope.agreement import RANKING_BASELINES, findings_check_text
 from alignscope.answers import RatedAnswer, RatedModel, read_answers
 from alignscope.data import first_human_turn
 from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir
@@ -636,7 +636,7 @@ def baseline_rows(v: dict, where: str = "") -> list[list[str]]:
         if key in v:
             b = v[key]
             rows.append([f"  {label}{where}", f"{fmt(b['mean_abs_error'], 1)} ({fmt(b['worst_error'], 0)})",
-                         *(fmt(b["spearman"][c]) if "spearman" in b else "-" for c in ("harmful", "helpful"))])
+                         *(fmt(b["spearman"][c]) if key in RANKING_BASELINES else "-" for c in ("harmful", "helpful"))])
     return rows
 
 
