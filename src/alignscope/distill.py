@@ -45,6 +45,8 @@ from alignscope.models import model_fingerprint, resolve_model
 from alignscope.provenance import package_versions
 
 DEFAULT_ALPHAS = [float(a) for a in np.logspace(0, 6, 13)]
+# Bump when the validation a judge records changes, so that a study fits its judge again.
+VALIDATION_VERSION = 2
 
 
 @dataclass
@@ -368,4 +370,4 @@ def distill_key(cfg: DistillConfig) -> dict:
     for key in ("output_dir", "ratings", "batch_size"):
         d.pop(key)
     d["backbones"] = [model_fingerprint(resolve_model(b, cfg.allow_pickle)) for b in cfg.backbones]
-    return d | {"features_version": FEATURES_VERSION}
+    return d | {"features_version": FEATURES_VERSION, "validation_version": VALIDATION_VERSION}

@@ -48,7 +48,7 @@ __all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
 
 # The code that computes and renders a report is part of its key: rerendering takes a
 # second, and a report left by an older alignscope would otherwise stand beside newer results.
-REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "refusal.py", "report.py", "scale.py")
+REPORT_CODE = ("agreement.py", "answers.py", "markdown.py", "metrics.py", "refusal.py", "report.py", "scale.py")
 
 
 def code_hash(files: tuple[str, ...]) -> list[str]:
