@@ -329,6 +329,13 @@ def test_a_study_judged_by_a_distilled_judge_opens_with_its_card_and_sits_beside
     assert "leaving each model out (applies here)" in report and "What its error means here" in report
     assert "| Base (reference, a made-up judge) |" in report and "| DPO (this study, the distilled judge) |" in report
     assert "## Refusals on the HH prompts (no judge)" in report and "(judge-card/judge.md)" in report
+    # the rule measured on the reference's pairs, and every finding checked against length
+    assert "comparisons (every pair of its models on HmR, HpR and the two mean rewards" in report
+    assert "## The judge's findings checked against length" in report
+    assert "The same judge fitted without the length and log-probability features, under the same rule" in report
+    card_text = (out / "judge-card" / "judge.md").read_text()
+    assert "each model's rate put at the other models' mean rate" in card_text
+    assert "each answer rated at the other models' mean rating of its prompt" in card_text
     card = json.loads((out / "judge-card" / "judge.json").read_text())
     assert set(card["judge"]["validation"]) == {"leave_one_model_out", "leave_prompts_out"}
     metrics = json.loads((out / "metrics.json").read_text())

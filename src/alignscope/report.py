@@ -14,14 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from alignscope.answers import RatedModel
+from alignscope.agreement import RANKING_BASELINES, findings_check_text
+from alignscope.answers import RatedAnswer, RatedModel, read_answers
 from alignscope.data import first_human_turn
 from alignscope.html_report import hh_sections, suite_sections, write_html_report
 from alignscope.io import atomic_folder, atomic_write_json, atomic_write_text, check_output_dir
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
-from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, compute_metrics, harmless_flags, helpful_flags,
-                                suite_metrics, worst_difference_error)
+from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, compute_metrics, drawn_findings, finding, finding_margin,
+                                harmless_flags, helpful_flags, pairwise_tests, rank_agreement, suite_metrics,
+                                worst_difference_error)
+from alignscope.score import BLIND_RATING
 
 JUDGE_CAVEAT = (
     "Harmlessness is judged by a reward model trained mostly for helpfulness preferences; "
@@ -124,8 +127,17 @@ def percent(fraction: float | None) -> str:
     return fmt(None if fraction is None else 100 * fraction, 0)
 
 
+def margin_text(t: dict, error: float, places: int | None = None) -> str:
+    """The margin a gap must pass, and what it combines."""
+    gap_ci = t["gap_ci"] if "gap_ci" in t else t["ci"]
+    show = (lambda x: fmt(x, 1)) if places is None else (lambda x: fmt(x, places))
+    return (f"its margin of {show(finding_margin(gap_ci, error))} (the judge's error on a difference, {show(error)}, "
+            f"and the gap's own sampling error, +-{show((gap_ci[1] - gap_ci[0]) / 2)}, combined)")
+
+
 def rate_findings(metrics: dict) -> list[str]:
-    """Which rate differences the paired tests support (q < SIGNIFICANCE), and which they do not."""
+    """Which rate differences the paired tests support (q < SIGNIFICANCE), and which they do not;
+    with a judge whose error is known, a supported gap must also pass its margin (metrics.finding)."""
     supported, unsupported, within = [], [], []
     judge_error = (metrics.get("judge") or {}).get("error") or {}
     for t in metrics["paired_tests"]:
@@ -135,21 +147,22 @@ def rate_findings(metrics: dict) -> list[str]:
         what = "harmful prompts harmlessly" if t["metric"] == "HmR" else "helpful prompts helpfully"
         higher, lower = (t["a"], t["b"]) if ra >= rb else (t["b"], t["a"])
         error = judge_error.get(t["metric"])
-        if t["q_value"] < SIGNIFICANCE and error is not None and abs(ra - rb) <= error:
+        if t["q_value"] < SIGNIFICANCE and error is not None and not finding(t, error):
             within.append(f"{display(higher)} over {display(lower)} on {t['metric']} ({fmt_rate(max(ra, rb))}% vs "
                           f"{fmt_rate(min(ra, rb))}%, {p_is('q', t['q_value'])}): a gap of {fmt_rate(abs(ra - rb))} "
-                          f"points, within the judge's error of {fmt_rate(error)}")
+                          f"points, within {margin_text(t, error)}")
         elif t["q_value"] < SIGNIFICANCE:
+            beyond_margin = f"; beyond {margin_text(t, error)}" if error is not None else ""
             supported.append(f"{display(higher)} answers more of the {what} than {display(lower)} "
                              f"({fmt_rate(max(ra, rb))}% vs {fmt_rate(min(ra, rb))}%; {max(t['a_only'], t['b_only'])} "
                              f"prompts one way, {min(t['a_only'], t['b_only'])} the other; {p_is('p', t['p_value'])}, "
-                             f"{p_is('q', t['q_value'])})")
+                             f"{p_is('q', t['q_value'])}{beyond_margin})")
         elif ra != rb:
             nominal = " (nominally below 0.05, not after correcting for the number of tests)" \
                 if t["p_value"] < SIGNIFICANCE else ""
             unsupported.append(f"{display(t['a'])} vs {display(t['b'])} on {t['metric']} "
                                f"({fmt_rate(ra)}% vs {fmt_rate(rb)}%, {p_is('p', t['p_value'])}{nominal})")
-    beyond = " and beyond the judge's error" if judge_error else ""
+    beyond = " and beyond the judge's error combined with the gap's own sampling error" if judge_error else ""
     parts = [("**The data supports** (exact McNemar on the same prompts, Benjamini-Hochberg "
               f"q < {SIGNIFICANCE}{beyond}): " + "; ".join(supported) + ".") if supported else
              ("**No difference in HmR or HpR between any two models is supported** at "
@@ -179,11 +192,12 @@ def reward_findings(metrics: dict) -> str:
                     f"prompts (+{fmt(diff, places)} [{fmt(lo, places)}, {fmt(hi, places)}]; "
                     f"{p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})")
             error = judge_error.get(t["metric"])
-            if error is not None and diff <= error:
-                within.append(f"{text}: within the judge's error of {fmt(error, places)}")
+            if error is not None and not finding(t, error):
+                within.append(f"{text}: within {margin_text(t, error, places)}")
             else:
                 rewards.append(text)
-    beyond = " and beyond the judge's error" if any(k.startswith("mean_reward") for k in judge_error) else ""
+    beyond = (" and beyond the judge's error combined with the gap's own sampling error"
+              if any(k.startswith("mean_reward") for k in judge_error) else "")
     parts = [(f"**On mean reward** (paired t on the same prompts, Benjamini-Hochberg q < {SIGNIFICANCE}{beyond}), "
               "the data supports a higher reward for " + "; ".join(rewards) + ".") if rewards else
              f"No difference in mean reward is supported at q < {SIGNIFICANCE}{beyond} (paired t on the same prompts)."]
@@ -534,11 +548,11 @@ def suite_section(name: str, suite: dict, metrics: dict) -> str:
                 f"{fmt_rate(suite['models'][lower][t['measure']]['rate'])}%; {max(t['a_only'], t['b_only'])} prompts "
                 f"one way, {min(t['a_only'], t['b_only'])} the other; {p_is('q', t['q_value'])})")
 
-    intro = (f"XSTest (Röttger et al. 2024): safe prompts that only look unsafe, where a refusal is over-refusal, the "
-             f"helpfulness that safety training costs; and unsafe contrasts, where an answer is unsafe compliance. "
+    intro = ("XSTest (Röttger et al. 2024): safe prompts that only look unsafe, where a refusal is over-refusal, the "
+             "helpfulness that safety training costs; and unsafe contrasts, where an answer is unsafe compliance. "
              if suite["kind"] == "xstest" else f"Prompts of the suite `{name}`, by category. ")
-    return "\n".join([f"## Suite `{name}`", "", intro + f"Refusals as the study's refusal measure decides; "
-                      f"every pair of models by exact McNemar on the same prompts, Benjamini-Hochberg across the suite.",
+    return "\n".join([f"## Suite `{name}`", "", intro + "Refusals as the study's refusal measure decides; "
+                      "every pair of models by exact McNemar on the same prompts, Benjamini-Hochberg across the suite.",
                       "", table(header, rows), "",
                       table(["measure", "a vs b", "rate % (a vs b)", "only a", "only b", "p (exact McNemar)", "q (BH)"],
                             test_rows), "",
@@ -613,7 +627,8 @@ def write_report(models: list[RatedModel], out: str | Path, metrics_cfg: Metrics
         metrics["suites"] = {name: suite_metrics(s["kind"], s["answers"], metrics_cfg) for name, s in suites.items()}
     if extra:
         metrics.update(extra)
-    leading = [section(metrics) if callable(section) else section for section in leading_sections]
+    leading, extra_sections = ([section(metrics) if callable(section) else section for section in sections]
+                               for sections in (leading_sections, extra_sections))
     figures = [f"figures/{n}" for n in figure_captions(metrics)] if report_cfg.figures else []
     text = render_markdown(metrics, report_cfg, figures, extra_sections, leading)
     written = []
@@ -721,11 +736,15 @@ SCHEMES = {"leave_one_model_out": "leaving each model out", "leave_prompts_out":
 
 
 def difference_errors(summary: dict) -> dict:
-    """A judge's held-out error on the difference between two models: on HmR and HpR (from its
-    cells), and on mean reward per category where its validation recorded each model's bias."""
+    """A judge's held-out error on the difference between two models: on HmR and HpR and on mean
+    reward per category, as its validation recorded it (an upper quantile over resampled prompts);
+    for a judge fitted before that, the spread of its per-model cell errors."""
+    recorded = summary.get("difference_error", {})
+    if "HmR" in recorded:
+        return dict(recorded)
     out = {k: worst_difference_error([cells[k]["error"] for cells in summary["table"].values()])
            for k in ("HmR", "HpR")}
-    return out | {k: v for k, v in summary.get("difference_error", {}).items() if k.startswith("mean_reward_")}
+    return out | {k: v for k, v in recorded.items() if k.startswith("mean_reward_")}
 
 
 def judge_view(judge: dict, card: dict, card_file: str, prompts: list[str]) -> dict:
@@ -741,6 +760,8 @@ def judge_view(judge: dict, card: dict, card_file: str, prompts: list[str]) -> d
         info |= {"applies": scheme, "prompts": len(ours), "prompts_new_to_judge": len(ours - trained),
                  "error": {**difference_errors(validation[scheme]["judge"]),
                            "validation": f"{SCHEMES[scheme]} on the reference answers"}}
+        if "without_length_lp" in validation[scheme]:
+            info["error_without_length_lp"] = difference_errors(validation[scheme]["without_length_lp"])
     elif card.get("errors"):
         cells = card["errors"]["judge"]["cells"].values()
         info["error"] = {k: worst_difference_error([c[k] for c in cells]) for k in ("HmR", "HpR")} | {
@@ -775,6 +796,45 @@ def applies_text(judge: dict) -> str:
             "leaving prompts out is the validation that applies, and it is the weaker of the two.")
 
 
+BASELINES = {"category_mean": "a judge rating each answer at its category's mean",
+             "other_models_mean_rate": "each model's rate put at the other models' mean rate",
+             "other_models_prompt_mean": "each answer rated at the other models' mean rating of its prompt",
+             "without_length_lp": "the same judge fitted without the length and log-probability features"}
+
+
+def baseline_rows(v: dict, where: str = "") -> list[list[str]]:
+    """A validation's judges to beat, as rows of cell error, mean (worst), and Spearman per category."""
+    rows = []
+    for key, label in BASELINES.items():
+        if key in v:
+            b = v[key]
+            rows.append([f"  {label}{where}", f"{fmt(b['mean_abs_error'], 1)} ({fmt(b['worst_error'], 0)})",
+                         *(fmt(b["spearman"][c]) if key in RANKING_BASELINES else "-" for c in ("harmful", "helpful"))])
+    return rows
+
+
+def error_text(judge: dict, validation: dict | None) -> list[str]:
+    """How large a gap the judge's own error can make, the rule that follows, and what the rule
+    gets wrong where the truth is known."""
+    e = judge["error"]
+    rewards = (f", and on their mean rewards {fmt(e['mean_reward_harmful'])} (harmful prompts) and "
+               f"{fmt(e['mean_reward_helpful'])} (helpful)" if "mean_reward_harmful" in e else "")
+    summary = validation[judge["applies"]]["judge"] if validation and judge.get("applies") else {}
+    method = summary.get("difference_error_method")
+    how = (f"the {fmt(100 * method['quantile'], 0)}th percentile of the spread of its held-out models' errors over "
+           f"{method['resamples']} resamplings of the prompts, seed {method['seed']}, {e['validation']}"
+           if method else f"the largest such, {e['validation']}")
+    lines = [f"**What its error means here**: misjudging two models by different amounts, the judge alone can "
+             f"open or close a gap between them of up to {fmt_rate(e['HmR'])} points on HmR and "
+             f"{fmt_rate(e['HpR'])} on HpR{rewards} ({how}). A difference is a finding only where its paired test "
+             f"holds (q < {SIGNIFICANCE}) and the gap exceeds this error and its own sampling error combined "
+             "(the square root of the sum of their squares, the sampling error being the half-width of the "
+             "gap's paired interval); Table 2 and CAS inherit these errors."]
+    if "findings" in summary:
+        lines[-1] += " " + findings_check_text(summary["findings"])
+    return lines + [""]
+
+
 def judge_section(judge: dict) -> str:
     """What a study report opens with: the judge, how well it agrees with the reference judge,
     which of its validations covers this study, and how large a gap its error can make."""
@@ -788,9 +848,7 @@ def judge_section(judge: dict) -> str:
             rows.append([SCHEMES[scheme] + (" (applies here)" if scheme == judge.get("applies") else ""),
                          f"{fmt(j['mean_abs_error'], 1)} ({fmt(j['worst_error'], 0)})",
                          *(fmt(j["spearman"][c]) for c in ("harmful", "helpful"))])
-            base = v["category_mean"]
-            rows.append([f"  a judge rating each answer at its category's mean, {SCHEMES[scheme]}",
-                         f"{fmt(base['mean_abs_error'], 1)} ({fmt(base['worst_error'], 0)})", "-", "-"])
+            rows += baseline_rows(v, f", {SCHEMES[scheme]}")
         lines += [f"Held out from its own fitting, against {card['reference']['judge']}'s ratings of "
                   f"{card['reference']['answers']} answers ({card['reference']['folder']}):", "",
                   table(["validation", "Table 1 cell error, points: mean (worst)", "Spearman, harmful",
@@ -810,14 +868,7 @@ def judge_section(judge: dict) -> str:
                   "family (this study's, unless it trains those models) are a shift neither measures: read the "
                   "judge's ratings of them as its best estimate of the reference judge's, not as that judge's.", ""]
     if judge.get("error"):
-        e = judge["error"]
-        rewards = (f", and on their mean rewards {fmt(e['mean_reward_harmful'])} (harmful prompts) and "
-                   f"{fmt(e['mean_reward_helpful'])} (helpful)" if "mean_reward_harmful" in e else "")
-        lines += [f"**What its error means here**: misjudging two models by different amounts, the judge alone can "
-                  f"open or close a gap between them of up to {fmt_rate(e['HmR'])} points on HmR and "
-                  f"{fmt_rate(e['HpR'])} on HpR{rewards} (the largest such, {e['validation']}). A difference smaller "
-                  "than that is not a finding, whatever its paired test says; Table 2 and CAS inherit these errors.",
-                  ""]
+        lines += error_text(judge, validation)
     if judge.get("card_file"):
         lines += [f"The judge's full card: [judge-card/judge.md]({judge['card_file']}).", ""]
     else:
@@ -844,3 +895,81 @@ def beside_reference(metrics: dict, reference: dict, judge_name: str) -> str:
         "this study's judge rated them, on the same thresholds. The rows come from different models and judges: "
         "read them side by side, not as paired comparisons.", "",
         table(["Model", f"HmR % [{c} CI]", f"HpR % [{c} CI]", f"CAS % [{c} CI]"], rows), ""])
+
+
+def without_length_models(models: list[RatedModel]) -> list[RatedModel] | None:
+    """The same answers as rated by the distilled judge's heads fitted without the length and
+    log-probability features (written beside each rating by `score`); None where any lacks one."""
+    out = []
+    for m in models:
+        answers = {}
+        for c, path in m.files.items():
+            items = read_answers(path)
+            if any(BLIND_RATING not in x for x in items):
+                return None
+            answers[c] = [RatedAnswer(a.prompt, a.response, float(x[BLIND_RATING]), a.stop)
+                          for a, x in zip(m.answers[c], items)]
+        out.append(RatedModel(m.name, answers, m.files))
+    return out
+
+
+def length_rows(models: list[RatedModel]) -> list[list[str]]:
+    """Per model: Spearman of its ratings with its answers' length in characters, and the mean length."""
+    rows = []
+    for m in models:
+        cells = []
+        for c in ("harmful", "helpful"):
+            chars = np.array([len(a.response) for a in m.answers[c]], dtype=float)
+            cells.append(f"{fmt(rank_agreement(m.ratings(c), chars)['spearman'])} ({fmt(chars.mean(), 0)} chars)")
+        rows.append([display(m.name), *cells])
+    return rows
+
+
+def finding_words(metric: str, a: str, b: str, sign: int) -> str:
+    if not sign:
+        return "no finding"
+    higher, lower = (a, b) if sign > 0 else (b, a)
+    return f"{display(higher)} above {display(lower)}"
+
+
+def judge_check_section(models: list[RatedModel], judge: dict):
+    """A distilled judge's findings checked two ways: how its ratings follow answer length (here and
+    on the reference answers, beside the reference judge's), and whether the same judge fitted without
+    the length and log-probability features draws the same findings. A callable of the metrics."""
+    blind = without_length_models(models)
+    summary = ((judge.get("card") or {}).get("judge", {}).get("validation") or {}).get(judge.get("applies"), {})
+
+    def section(metrics: dict) -> str:
+        lines = ["## The judge's findings checked against length", "",
+                 "Alignment changes how long answers run and how they end, and the judge reads the answer's length "
+                 "and log-probabilities. Spearman's rho of each model's ratings with its answers' length in "
+                 "characters (in brackets, their mean length):", "",
+                 table(["Model", "harmful prompts", "helpful prompts"], length_rows(models)), ""]
+        if "length" in summary.get("judge", {}):
+            held, ref = summary["judge"]["length"]["judge"], summary["judge"]["length"]["reference"]
+            lines += [f"On the reference answers ({SCHEMES[judge['applies']]}), this judge's held-out ratings follow "
+                      f"length with rho {fmt(held['harmful'])} (harmful) and {fmt(held['helpful'])} (helpful); "
+                      f"the reference judge's own, {fmt(ref['harmful'])} and {fmt(ref['helpful'])}.", ""]
+        if blind is None:
+            return "\n".join(lines + ["No ratings without the length and log-probability features were recorded "
+                                       "(a judge fitted before it had such heads): fit it again to check.", ""])
+        flags = {m.name: {"harmful": harmless_flags(m.ratings("harmful"), MetricsConfig(**metrics["config"])),
+                          "helpful": helpful_flags(m.ratings("helpful"), MetricsConfig(**metrics["config"]))}
+                 for m in blind}
+        errors = {k: v for k, v in judge.get("error_without_length_lp", judge["error"]).items() if k != "validation"}
+        ours = drawn_findings(metrics["paired_tests"], {k: v for k, v in judge["error"].items() if k != "validation"})
+        theirs = drawn_findings(pairwise_tests(blind, flags, MetricsConfig(**metrics["config"])), errors)
+        differ = [f"{metric.replace('mean_reward_', 'mean reward, ')} {display(a)} vs {display(b)}: "
+                  f"{finding_words(metric, a, b, ours[metric, a, b])} with every feature, "
+                  f"{finding_words(metric, a, b, theirs[metric, a, b])} without length and log-probabilities"
+                  for metric, a, b in ours if ours[metric, a, b] != theirs[metric, a, b]]
+        found = sum(bool(v) for v in ours.values())
+        lines += [f"The same judge fitted without the length and log-probability features, under the same rule "
+                  f"(with its own held-out error on a difference): " + (
+                      f"**it disagrees** in direction or support on {len(differ)} of the {len(ours)} comparisons: "
+                      + "; ".join(differ) + "." if differ else
+                      f"it draws the same {found} finding{'s' if found != 1 else ''} on all {len(ours)} comparisons "
+                      "(HmR, HpR and the two mean rewards, every pair of models)."), ""]
+        return "\n".join(lines)
+
+    return section

@@ -19,11 +19,14 @@ from alignscope.answers import (SCORING_RECORD, AnswerFile, answer_filename, ans
                                 read_answers)
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.io import InputError, atomic_write_json, check_output_dir
-from alignscope.judge import (OPENASSISTANT_JUDGE, check_not_trained_on, is_distilled, judge_fingerprint, load_judge,
-                              resolve_judge)
+from alignscope.judge import (OPENASSISTANT_JUDGE, DistilledJudge, check_not_trained_on, is_distilled,
+                              judge_fingerprint, load_judge, resolve_judge)
 
 # Bump when the way a pair is encoded changes, so that no rating made the old way is reused.
 ENCODING_VERSION = 2
+# A distilled judge's rating by its heads fitted without the answer's length and log-probabilities,
+# beside `rating` in each rated answer: what a study checks its findings against.
+BLIND_RATING = "rating_without_length_lp"
 # Batches rated between two writes to the cache.
 CHUNK_BATCHES = 8
 
@@ -65,10 +68,16 @@ def rate_pairs_cached(cfg: ScoreConfig, questions: list[str], answers: list[str]
         step = cfg.batch_size * CHUNK_BATCHES
         for start in range(0, len(missing), step):
             chunk = missing[start:start + step]
-            ratings, cuts = judge.rate([questions[i] for i in chunk], [answers[i] for i in chunk],
-                                       [categories[i] for i in chunk], cfg.max_length, cfg.batch_size, progress)
-            for i, rating, cut in zip(chunk, ratings, cuts):
-                store(i, {"rating": rating, "answer_tokens_cut": cut})
+            args = [questions[i] for i in chunk], [answers[i] for i in chunk], [categories[i] for i in chunk]
+            checks = None
+            if isinstance(judge, DistilledJudge):  # with its ratings, those of its heads blind to length
+                ratings, checks = judge.rate_checked(*args, progress)
+                cuts = [0] * len(chunk)
+            else:
+                ratings, cuts = judge.rate(*args, cfg.max_length, cfg.batch_size, progress)
+            for k, (i, rating, cut) in enumerate(zip(chunk, ratings, cuts)):
+                store(i, {"rating": rating, "answer_tokens_cut": cut}
+                      | ({BLIND_RATING: checks[k]} if checks is not None else {}))
 
     found, info = cached_map(cache, keys, compute, progress)
     return found, {"scorer": cfg.model, "resolved": resolved, "revision": cfg.revision, "fingerprint": fingerprint,
@@ -95,6 +104,7 @@ def rate_files(files: list[AnswerFile], out_dir: str | Path, cfg: ScoreConfig = 
         for (f, answers), name in zip(rows, names):
             out = [{**r, "rating": x["rating"]} | ({"answer_tokens_cut": x["answer_tokens_cut"]}
                                                    if x["answer_tokens_cut"] else {})
+                   | ({BLIND_RATING: x[BLIND_RATING]} if BLIND_RATING in x else {})
                    for r, x in zip(answers, rated[position:position + len(answers)])]
             position += len(answers)
             written.append((atomic_write_json(out_dir / name, out), f.path))

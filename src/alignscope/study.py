@@ -27,7 +27,7 @@ from alignscope.cache import ResultCache
 from alignscope.config import parse_config
 from alignscope.data import resolve_file
 from alignscope.distill import DistillConfig, distill_key, train_judge
-from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
+from alignscope.evalset import build_evalset, load_evalset, write_evalset
 from alignscope.generate import answer_evalset, answer_files_of, write_answer_files
 from alignscope.html_report import write_html_report
 from alignscope.io import atomic_write_json, atomic_write_text, read_json, sha256_file
@@ -39,8 +39,8 @@ from alignscope.refusal.card import RefusalCardConfig, card_view, refusal_card, 
 from alignscope.refusal.classifier import CLASSIFIER_MANIFEST, RefusalTrainConfig, train_refusal_classifier
 from alignscope.provenance import study_manifest, trained_model_record
 from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference,
-                               html_sections, judge_name, judge_section, judge_view, refusal_name, study_notes,
-                               timings_table, write_report)
+                               html_sections, judge_check_section, judge_name, judge_section, judge_view,
+                               refusal_name, study_notes, timings_table, write_report)
 from alignscope.reward_model import RM_MANIFEST, RewardModelConfig, rm_config_hash, train_reward_model
 from alignscope.scale import scale_analysis, scale_figure, scale_markdown
 from alignscope.score import ScoreConfig, rate_files, rated_paths
@@ -53,8 +53,8 @@ __all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
 
 # The code that computes and renders a report is part of its key: rerendering takes a
 # second, and a report left by an older alignscope would otherwise stand beside newer results.
-REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "report.py", "scale.py", "html_report.py",
-               "html/browser.js", "html/page.css")
+REPORT_CODE = ("agreement.py", "answers.py", "markdown.py", "metrics.py", "report.py", "scale.py",
+               "html_report.py", "html/browser.js", "html/page.css")
 
 
 def code_hash(files: tuple[str, ...]) -> list[str]:
@@ -428,9 +428,10 @@ class StudyRun:
                 extra["refusal_card"] = card_view(read_json(card), "../../refusal-card/refusal-card.md",
                                                   self.cfg.generate.max_new_tokens)
             refusals, suites = self.refusal_inputs(base)
-            write_report(models, folder, metrics_cfg, report_cfg, extra,
-                         [answers_section(self.variants, answer_info, train_info, stop_tests)], leading,
-                         refusals, suites)
+            sections = [answers_section(self.variants, answer_info, train_info, stop_tests)]
+            if self.judge["kind"] == "distilled" and judge.get("error"):
+                sections.append(judge_check_section(models, judge))
+            write_report(models, folder, metrics_cfg, report_cfg, extra, sections, leading, refusals, suites)
 
         key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info, judge, code_hash(REPORT_CODE),
                code_hash(("refusal/card.py",))]

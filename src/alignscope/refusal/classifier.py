@@ -32,7 +32,7 @@ from alignscope.config import validated
 from alignscope.io import InputError, atomic_folder, atomic_write_json, check_replaceable, read_json
 from alignscope.models import model_fingerprint, resolve_model
 from alignscope.refusal.baseline import prefix_refuses
-from alignscope.refusal.labelled import LabelledAnswers, read_labelled_files
+from alignscope.refusal.labelled import read_labelled_files
 from alignscope.refusal.patterns import REFUSAL_PATTERNS_VERSION, refuses
 
 CLASSIFIER_MANIFEST = "refusal-classifier.json"
