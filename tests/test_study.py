@@ -106,7 +106,7 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
     report = (out_dir / "report.md").read_text()
     assert "## Table 1" in report and "## The answers themselves" in report and "## Artifacts" in report
     assert "](reports/tiny/figures/rates.png)" in report
-    assert (out_dir / "report.html").read_text().count('<img src="data:image/png;base64,') == 4
+    assert (out_dir / "report.html").read_text().count('<img src="data:image/png;base64,') == 5  # with XSTest's trade-off
     assert "SFT, 6 steps on 24 pairs" in report  # data.limit is per subset
     assert "DPO (LoRA) from SFT, 6 steps" in report
     stop_tests = metrics["stop_tests"]  # how answers end, against the base, judge aside
