@@ -1,0 +1,176 @@
+"""Bringing one's own data: TRL's standard formats from files and the hub, row checks, exclusion
+across formats, and chat models trained and prompted in their own template (tiny models, seconds)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from alignscope.data import DataConfig, load_pairs
+from alignscope.io import InputError
+from conftest import ROOT
+
+USER = lambda text: {"role": "user", "content": text}  # noqa: E731
+ASSISTANT = lambda text: {"role": "assistant", "content": text}  # noqa: E731
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def pairs_of(path, **kw):
+    return load_pairs(DataConfig(source=str(path), **kw)).pairs
+
+
+def test_each_standard_format_gives_its_prompt_and_replies(tmp_path):
+    explicit = pairs_of(write_jsonl(tmp_path / "a.jsonl", [
+        {"prompt": "What colour is the sky?", "chosen": " Blue.", "rejected": " Green."}]))
+    assert [(p.id, p.prompt, p.chosen, p.rejected) for p in explicit] == [
+        ("a.jsonl:1", "What colour is the sky?", " Blue.", " Green.")]
+
+    implicit_chat = pairs_of(write_jsonl(tmp_path / "b.jsonl", [
+        {"chosen": [USER("Hi"), ASSISTANT("Hello!"), USER("Sky?"), ASSISTANT("Blue.")],
+         "rejected": [USER("Hi"), ASSISTANT("Hello!"), USER("Sky?"), ASSISTANT("Green.")]}]))[0]
+    assert implicit_chat.prompt == [USER("Hi"), ASSISTANT("Hello!"), USER("Sky?")]
+    assert (implicit_chat.chosen, implicit_chat.rejected) == ([ASSISTANT("Blue.")], [ASSISTANT("Green.")])
+
+    implicit_hh = pairs_of(write_jsonl(tmp_path / "c.jsonl", [
+        {"chosen": "\n\nHuman: Sky?\n\nAssistant: A blue one.", "rejected": "\n\nHuman: Sky?\n\nAssistant: A green one."}]))[0]
+    assert (implicit_hh.prompt, implicit_hh.chosen) == ("Human: Sky?\n\nAssistant:", " A blue one.")
+
+    completion = pairs_of(write_jsonl(tmp_path / "d.jsonl", [{"prompt": [USER("Sky?")], "completion": [ASSISTANT("Blue.")]}]))[0]
+    assert (completion.prompt, completion.chosen, completion.rejected) == ([USER("Sky?")], [ASSISTANT("Blue.")], None)
+
+    messages = pairs_of(write_jsonl(tmp_path / "e.jsonl", [
+        {"messages": [{"role": "system", "content": "Be brief."}, USER("Sky?"), ASSISTANT("Blue.")]}]))[0]
+    assert messages.prompt == [{"role": "system", "content": "Be brief."}, USER("Sky?")]
+    assert messages.chosen == [ASSISTANT("Blue.")]
+
+    mapped = pairs_of(write_jsonl(tmp_path / "f.jsonl", [{"question": "Sky?", "better": " Blue.", "worse": " Green.",
+                                                          "prompt": "an unrelated column"}]),
+                      columns={"prompt": "question", "chosen": "better", "rejected": "worse"})[0]
+    assert (mapped.prompt, mapped.chosen, mapped.rejected) == ("Sky?", " Blue.", " Green.")
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "Q", "chosen": " A"}, r"b.jsonl, line 2: missing field 'rejected'"),
+    ({"prompt": "Q", "chosen": 3, "rejected": " B"}, r"line 2: field 'chosen' must be a string or a list of messages, got int"),
+    ({"prompt": [USER("Q")], "chosen": [ASSISTANT("A"), USER("more?")], "rejected": [ASSISTANT("B")]},
+     r"line 2: the chosen conversation does not end with the assistant"),
+    ({"prompt": [USER("Q")], "chosen": " A", "rejected": " B"}, r"line 2: fields must be all strings or all lists"),
+    ({"prompt": [{"role": "narrator", "content": "Q"}], "chosen": [ASSISTANT("A")], "rejected": [ASSISTANT("B")]},
+     r"line 2: prompt\[0\] must be a message"),
+    ("{not json", r"line 2: not valid JSON"),
+])
+def test_a_bad_row_fails_with_file_and_line_and_is_listed_when_not_strict(tmp_path, row, message):
+    good = {"prompt": "Q", "chosen": " A", "rejected": " B"}
+    if isinstance(row.get("prompt") if isinstance(row, dict) else None, list):
+        good = {"prompt": [USER("Q")], "chosen": [ASSISTANT("A")], "rejected": [ASSISTANT("B")]}
+    path = write_jsonl(tmp_path / "b.jsonl", [good, row, good])
+    with pytest.raises(InputError, match=message):
+        pairs_of(path)
+    loaded = load_pairs(DataConfig(source=str(path), strict=False))
+    assert [p.id for p in loaded.pairs] == ["b.jsonl:1", "b.jsonl:3"]
+    assert [s["line"] for s in loaded.summary["files"][0]["skipped"]] == [2]
+
+
+def test_a_messages_conversation_must_end_with_the_assistant(tmp_path):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"messages": [USER("Q"), ASSISTANT("A")]}, {"messages": [USER("Q")]}])
+    with pytest.raises(InputError, match=r"m.jsonl, line 2: the messages conversation does not end with the assistant"):
+        pairs_of(path)
+
+
+def test_unknown_columns_and_formats_say_what_was_expected(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [{"question": "Q", "answer": "A"}])
+    with pytest.raises(InputError, match=r"none of TRL's standard formats.*data.columns"):
+        pairs_of(path)
+    with pytest.raises(InputError, match=r"data.columns names columns it lacks \(prompt: query\)"):
+        pairs_of(path, columns={"prompt": "query", "completion": "answer"})
+    assert pairs_of(path, columns={"prompt": "question", "completion": "answer"})[0].chosen == "A"
+
+
+def test_identical_and_empty_replies_are_counted_by_the_filters(tmp_path):
+    path = write_jsonl(tmp_path / "f.jsonl", [
+        {"prompt": [USER("Q1")], "chosen": [ASSISTANT("Same")], "rejected": [ASSISTANT("Same")]},
+        {"prompt": [USER("Q2")], "chosen": [ASSISTANT("  ")], "rejected": [ASSISTANT("B")]},
+        {"prompt": [USER("Q3")], "chosen": [ASSISTANT("A")], "rejected": [ASSISTANT("B")]}])
+    loaded = load_pairs(DataConfig(source=str(path), drop_identical=True, drop_empty=True))
+    assert [p.id for p in loaded.pairs] == ["f.jsonl:3"]
+    assert loaded.summary["filtered"][0] | {"subset": None} == {"subset": None, "identical": 1, "empty_reply": 1,
+                                                                "duplicate_prompt": 0}
+
+
+def test_evaluation_prompts_are_left_out_whatever_the_format(tmp_path):
+    evalset = tmp_path / "evalset.json"
+    evalset.write_text(json.dumps({"harmful": [{"id": "h1", "prompt": "Human: How do I pick a lock?\n\nAssistant:"}],
+                                   "helpful": [{"id": "h2", "prompt": "Human: Name a shop.\n\nAssistant:"}]}))
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": [USER("How do I pick a lock?"), ASSISTANT("Why?"), USER("Please.")], "chosen": [ASSISTANT("No.")],
+         "rejected": [ASSISTANT("Sure.")]},
+        {"prompt": [USER("Name a cat.")], "chosen": [ASSISTANT("Tom.")], "rejected": [ASSISTANT("No.")]}])
+    plain = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "Name a shop.", "completion": " Bits & Bobs."},
+                                               {"prompt": "Name a dog.", "completion": " Rex."}])
+    loaded = load_pairs(DataConfig(source=str(path), exclude_prompts_of=str(evalset)))
+    assert [p.id for p in loaded.pairs] == ["p.jsonl:2"] and loaded.summary["excluded_for_evaluation"] == 1
+    assert [p.id for p in pairs_of(plain, exclude_prompts_of=str(evalset))] == ["s.jsonl:2"]
+
+
+def test_parquet_json_and_csv_files_read_through_datasets_report_rows_by_index(tmp_path):
+    from datasets import Dataset
+
+    rows = [{"prompt": [USER("Q1")], "chosen": [ASSISTANT("A1")], "rejected": [ASSISTANT("B1")]},
+            {"prompt": [USER("Q2")], "chosen": [ASSISTANT("A2")], "rejected": [ASSISTANT("B2")]}]
+    Dataset.from_list(rows).to_parquet(tmp_path / "pairs.parquet")
+    parquet = load_pairs(DataConfig(source=str(tmp_path / "pairs.parquet")))
+    assert [(p.id, p.prompt, p.chosen) for p in parquet.pairs] == [("pairs.parquet#0", [USER("Q1")], [ASSISTANT("A1")]),
+                                                                  ("pairs.parquet#1", [USER("Q2")], [ASSISTANT("A2")])]
+    assert parquet.summary["files"][0]["format"] == "preference" and len(parquet.summary["files"][0]["sha256"]) == 64
+    (tmp_path / "pairs.json").write_text(json.dumps([{"prompt": "Q", "chosen": " A", "rejected": " B"}]))
+    assert pairs_of(tmp_path / "pairs.json")[0].rejected == " B"
+    (tmp_path / "pairs.csv").write_text("question,answer\nQ1,A1\n,A2\n")
+    with pytest.raises(InputError, match=r"pairs.csv, row 1: missing field 'prompt'"):
+        pairs_of(tmp_path / "pairs.csv", columns={"prompt": "question", "completion": "answer"})
+
+
+HUB_COMMIT = "c" * 40
+READ_HUB = """
+import json, sys
+from alignscope.data import DataConfig, load_pairs, data_fingerprint
+from alignscope.io import InputError
+cfg = DataConfig(source="hub:someone/pairs", split=sys.argv[1], columns={"prompt": "question"})
+try:
+    loaded = load_pairs(cfg)
+except InputError as e:
+    print(json.dumps({"error": str(e)}))
+else:
+    print(json.dumps({"ids": [p.id for p in loaded.pairs], "prompts": [p.prompt for p in loaded.pairs],
+                      "file": loaded.summary["files"][0], "fingerprint": data_fingerprint(cfg)["source"]}))
+"""
+
+
+def test_a_hub_dataset_loads_through_datasets_from_the_local_hub_cache_at_its_commit(tmp_path):
+    """The hub path offline: a dataset repo laid out as the hub cache holds it, read by name."""
+    repo = tmp_path / "hf" / "hub" / "datasets--someone--pairs"
+    data = repo / "snapshots" / HUB_COMMIT / "data"
+    data.mkdir(parents=True)
+    write_jsonl(data / "train-00000.jsonl", [{"question": "Q1", "chosen": " A1", "rejected": " B1"},
+                                             {"question": "Q2", "chosen": " A2", "rejected": " B2"}])
+    write_jsonl(data / "test-00000.jsonl", [{"question": "T1", "chosen": " A", "rejected": " B"},
+                                            {"question": "T2", "rejected": " B"}])
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(HUB_COMMIT)
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+
+    def read(split):
+        done = subprocess.run([sys.executable, "-c", READ_HUB, split], env=env, capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    train = read("train")
+    assert train["ids"] == ["someone/pairs/train#0", "someone/pairs/train#1"] and train["prompts"] == ["Q1", "Q2"]
+    assert train["file"]["revision"] == HUB_COMMIT and train["fingerprint"] == f"hub:someone/pairs@{HUB_COMMIT}"
+    assert "hub dataset someone/pairs/test, row 1: missing field 'chosen'" in read("test")["error"]
+    assert "could not be read" in read("validation")["error"]
