@@ -174,3 +174,118 @@ def test_a_hub_dataset_loads_through_datasets_from_the_local_hub_cache_at_its_co
     assert train["file"]["revision"] == HUB_COMMIT and train["fingerprint"] == f"hub:someone/pairs@{HUB_COMMIT}"
     assert "hub dataset someone/pairs/test, row 1: missing field 'chosen'" in read("test")["error"]
     assert "could not be read" in read("validation")["error"]
+
+
+# --------------------------------------------------------------------------- training and chat models
+
+TOPICS = ["bake bread", "fix a bike", "learn chess", "plant tomatoes", "write a poem", "save money"]
+GOOD, BAD = "Sure, here is how.", "Go away."
+
+
+def rows_in(fmt: str, n: int = 6) -> list[dict]:
+    """n rows of one clear preference, in one standard format."""
+    out = []
+    for i in range(n):
+        q = f"How do I {TOPICS[i % len(TOPICS)]}? ({i})"
+        out.append({
+            "text": {"prompt": q, "chosen": " " + GOOD, "rejected": " " + BAD},
+            "implicit chat": {"chosen": [USER(q), ASSISTANT(GOOD)], "rejected": [USER(q), ASSISTANT(BAD)]},
+            "chat": {"prompt": [USER(q)], "chosen": [ASSISTANT(GOOD)], "rejected": [ASSISTANT(BAD)]},
+            "completion": {"prompt": q, "completion": " " + GOOD},
+            "messages": {"messages": [USER(q), ASSISTANT(GOOD)]},
+        }[fmt])
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    from tiny import tiny_chat_opt, tiny_opt
+
+    root = tmp_path_factory.mktemp("own-data")
+    return {"root": root, "plain": tiny_opt(root / "plain"), "chat": tiny_chat_opt(root / "chat")}
+
+
+def recipe(model, out, source, method, lora=False, **training):
+    from alignscope.train import LoraSettings, TrainConfig, TrainingSettings
+
+    settings = dict(max_steps=2, learning_rate=1e-2, per_device_batch_size=2, gradient_accumulation_steps=1,
+                    precision="fp32", logging_steps=1, save_steps=100, num_threads=1) | training
+    return TrainConfig(method=method, model=str(model), output_dir=str(out), data=DataConfig(source=str(source)),
+                       lora=LoraSettings() if lora else None, training=TrainingSettings(**settings))
+
+
+def trained_replies(cfg, n=2):
+    """What TRL puts a loss on in the first rows: the decoded completion tokens."""
+    from alignscope.train import build_trainer, dpo_dataset, setup, sft_dataset
+
+    s = setup(cfg)
+    dataset = (sft_dataset if cfg.method == "sft" else dpo_dataset)(s.loaded.pairs[:n])
+    trainer = build_trainer(cfg, s.model, s.tokenizer, dataset, s.ref_model, checkpoints=cfg.output_dir)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+    mask = batch["labels"] != -100 if "labels" in batch else batch["completion_mask"] == 1
+    return [s.tokenizer.decode(ids[m]) for ids, m in zip(batch["input_ids"], mask)]
+
+
+@pytest.mark.parametrize("fmt, method, model", [
+    ("text", "dpo", "plain"), ("text", "sft", "plain"), ("completion", "sft", "plain"),
+    ("implicit chat", "dpo", "chat"), ("chat", "dpo", "chat"), ("messages", "sft", "chat")])
+def test_sft_and_dpo_train_from_a_jsonl_in_each_standard_format(models, tmp_path, fmt, method, model):
+    from alignscope.train import train
+
+    path = write_jsonl(tmp_path / "data.jsonl", rows_in(fmt))
+    cfg = recipe(models[model], tmp_path / "run", path, method, lora=method == "dpo")
+    end = "</s>" if model == "plain" else "<|im_end|>\n"  # text gets EOS appended; a template closes the turn
+    replies = trained_replies(cfg)
+    if method == "dpo":  # chosen rows first, then rejected ones
+        assert [r.removeprefix(" ") for r in replies[:2]] == [GOOD + end] * 2
+    else:
+        assert [r.removeprefix(" ") for r in replies] == [GOOD + end] * 2
+    result = train(cfg)
+    manifest = json.loads((tmp_path / "run" / "data_manifest.json").read_text())
+    assert sorted(manifest["rows"]) == [f"data.jsonl:{i}" for i in range(1, 7)]
+    assert manifest["files"][0]["sha256"] and len(result.log_history) >= 2
+    assert ("chat_template_sha256" in manifest) == (model == "chat")
+
+
+def test_sft_data_is_refused_for_dpo_and_chat_data_for_a_model_without_a_template(models, tmp_path):
+    from alignscope.train import setup
+
+    completion = write_jsonl(tmp_path / "c.jsonl", rows_in("completion"))
+    with pytest.raises(InputError, match=r"DPO needs chosen and rejected replies; .*c.jsonl is in prompt-completion"):
+        setup(recipe(models["plain"], tmp_path / "x", completion, "dpo", lora=True))
+    chat = write_jsonl(tmp_path / "m.jsonl", rows_in("messages"))
+    with pytest.raises(InputError, match=rf"{models['plain']} has no chat template"):
+        setup(recipe(models["plain"], tmp_path / "x", chat, "sft"))
+
+
+def test_a_chat_model_trained_on_a_parquet_conversation_answers_in_its_template_and_stops_at_its_end_of_turn(
+        models, tmp_path):
+    """SFT on messages from a Parquet file written by `datasets`, then answers to HH prompts rendered
+    by the template: each ends at <|im_end|> (not the tokenizer's EOS) with exactly the trained reply."""
+    from datasets import Dataset
+
+    from alignscope.generate import GenerateConfig, generate_cached
+    from alignscope.io import sha256_text
+    from alignscope.train import train
+    from tiny import CHATML
+
+    Dataset.from_list(rows_in("messages", 24)).to_parquet(tmp_path / "chat.parquet")
+    result = train(recipe(models["chat"], tmp_path / "run", tmp_path / "chat.parquet", "sft", max_steps=-1, epochs=8,
+                          learning_rate=3e-2, per_device_batch_size=4))
+    manifest = json.loads((tmp_path / "run" / "data_manifest.json").read_text())
+    assert manifest["chat_template_sha256"] == sha256_text(CHATML) and manifest["rows"][0].startswith("chat.parquet#")
+
+    prompts = ["\n\nHuman: How do I bake bread? (0)\n\nAssistant:", "\n\nHuman: How do I fix a bike? (1)\n\nAssistant:"]
+    answers, info = generate_cached(str(result.model_dir), prompts, GenerateConfig(max_new_tokens=12), chat=True)
+    assert [(a.response, a.stop, a.prompt) for a in answers] == [(GOOD, "eos", p) for p in prompts]
+    assert info["settings"]["prompt_format"] == "chat" and info["settings"]["end_of_turn"] == ["<|im_end|>"]
+    assert info["settings"]["chat_template_sha256"] == sha256_text(CHATML)
+    plain, _ = generate_cached(str(result.model_dir), prompts, GenerateConfig(max_new_tokens=12))
+    assert all(a.response != GOOD for a in plain)  # the same model, prompted outside its template
+
+
+def test_the_chat_format_is_refused_for_a_model_without_a_template(models):
+    from alignscope.generate import generate_cached
+
+    with pytest.raises(InputError, match=rf"{models['plain']} has no chat template"):
+        generate_cached(str(models["plain"]), ["\n\nHuman: Hi\n\nAssistant:"], chat=True)

@@ -22,7 +22,7 @@ from alignscope.config import validated
 from alignscope.data import HHPair, Split, Subset, load_subset, paper_prompt
 from alignscope.io import InputError, atomic_write_json, read_json
 
-PromptFormat = Literal["paper", "hh"]
+PromptFormat = Literal["paper", "hh", "chat"]
 
 
 @dataclass
@@ -39,7 +39,8 @@ class EvalsetConfig:
     all: bool = False
     """Every matching harmful prompt and every helpful prompt, in file order, instead of a sample."""
     format: PromptFormat = "hh"
-    """`paper`: ends at the Human turn, as the study did; `hh`: ends with "\\n\\nAssistant:"."""
+    """`paper`: ends at the Human turn, as the study did; `hh`: ends with "\\n\\nAssistant:"; `chat`: the hh dialogue,
+    rendered at generation by each model's own chat template."""
     harmful_subset: Subset = "harmless-base"
     helpful_subset: Subset = "helpful-base"
     split: Split = "test"
@@ -49,9 +50,9 @@ class EvalsetConfig:
 def format_prompt(pair: HHPair, fmt: PromptFormat) -> str:
     if fmt == "paper":
         return paper_prompt(pair.chosen_dialogue)
-    if fmt == "hh":
+    if fmt in ("hh", "chat"):  # a chat prompt is rendered per model, when it is answered
         return pair.prompt
-    raise InputError(f"format: expected 'paper' or 'hh', got {fmt!r}")
+    raise InputError(f"format: expected 'paper', 'hh' or 'chat', got {fmt!r}")
 
 
 def _sample(rng: random.Random, rows: list[HHPair], n: int, what: str) -> list[HHPair]:

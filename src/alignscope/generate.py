@@ -26,7 +26,10 @@ from alignscope.answers import CATEGORIES, answer_filename, generation_filename
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
 from alignscope.io import InputError, atomic_write_json
-from alignscope.models import eos_token_ids, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
+from alignscope.data import dialogue_messages
+from alignscope.io import sha256_text
+from alignscope.models import (chat_template, end_of_turn_ids, eos_token_ids, load_causal_lm, load_tokenizer,
+                               model_fingerprint, resolve_model)
 
 STOP_EOS, STOP_STRING, STOP_LENGTH = "eos", "stop_string", "length"
 
@@ -82,13 +85,13 @@ def context_limit(model) -> int | None:
 
 
 def encode_prompts(tokenizer, prompts: list[str], cfg: GenerateConfig, limit: int | None,
-                   names: list[str] | None = None) -> tuple[list[list[int]], list[int]]:
+                   names: list[str] | None = None, special_tokens: bool = True) -> tuple[list[list[int]], list[int]]:
     """Token ids of each prompt, and how many tokens were cut from its start to leave room
     for the answer within the model's context. Without truncate_prompts, a prompt that does
     not fit is refused by name (an embedding lookup past the table would fail obscurely)."""
     encoded, cut = [], []
     for i, prompt in enumerate(prompts):
-        ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
         room = None if limit is None else limit - cfg.max_new_tokens
         if room is None or len(ids) <= room:
             encoded.append(ids)
@@ -239,23 +242,27 @@ def decode(run: Decoding, rows: list[int], prefilled: list, first_logits: list) 
 
 
 def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig = GenerateConfig(),
-                     progress=None, on_answer=None, names: list[str] | None = None) -> list[Answer]:
+                     progress=None, on_answer=None, names: list[str] | None = None,
+                     chat: bool = False) -> list[Answer]:
     """Greedy answers in input order, whatever order the batches ran in.
 
     Prompts are sorted by length and prefilled in small batches (little padding; a
     prompt's forward pass is compute-bound, so a larger batch would not make it
     cheaper), then the prefilled caches are merged into large decoding groups (a
     decoding step reads every weight once whatever the batch, so it pays to decode
-    many answers together)."""
+    many answers together).
+
+    `chat`: the prompts are rendered by the model's chat template (which places any special
+    tokens itself), and an answer also ends at the template's end-of-turn token."""
     import torch
 
     cfg = validated(cfg, "generate")
     if not prompts:
         return []
     stops = list(cfg.stop_strings) if stops_at_human_turn(cfg, prompts) else []
-    encoded, cut = encode_prompts(tokenizer, prompts, cfg, context_limit(model), names)
+    encoded, cut = encode_prompts(tokenizer, prompts, cfg, context_limit(model), names, special_tokens=not chat)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
-    eos = eos_token_ids(model, tokenizer)
+    eos = eos_token_ids(model, tokenizer) | (end_of_turn_ids(tokenizer) if chat else set())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
     answers: list[Answer | None] = [None] * len(prompts)
 
@@ -300,6 +307,16 @@ def settings_key(cfg: GenerateConfig, stops: list[str]) -> dict:
     return key | ({"truncate_prompts": True} if cfg.truncate_prompts else {})
 
 
+def render_chat(tokenizer, prompts: list[str], model_name: str) -> tuple[list[str], dict]:
+    """HH dialogues rendered by the model's own chat template, ready for its answer, and what
+    decides them (the template's hash, its end-of-turn token)."""
+    template = chat_template(tokenizer, model_name)
+    rendered = [tokenizer.apply_chat_template(dialogue_messages(p), tokenize=False, add_generation_prompt=True)
+                for p in prompts]
+    return rendered, {"prompt_format": "chat", "chat_template_sha256": sha256_text(template),
+                      "end_of_turn": tokenizer.convert_ids_to_tokens(sorted(end_of_turn_ids(tokenizer)))}
+
+
 def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig, stops: list[str]) -> list[Answer]:
     """The same answers format from vLLM (GPU only). vLLM batches continuously, so in
     bf16 its answers may differ from the hf backend's near ties."""
@@ -327,17 +344,22 @@ def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig, stops
 
 def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = GenerateConfig(),
                     cache: ResultCache | None = None, allow_pickle: bool = False, revision: str | None = None,
-                    progress=None, names: list[str] | None = None) -> tuple[list[Answer], dict]:
+                    progress=None, names: list[str] | None = None, chat: bool = False) -> tuple[list[Answer], dict]:
     """Answers for `prompts`, computing only those the cache lacks (the model is not even
-    loaded when it has them all). Returns the answers and a summary of the run."""
+    loaded when it has them all). Returns the answers and a summary of the run.
+
+    `chat`: `prompts` are HH dialogues, rendered by the model's chat template before they are answered."""
     import torch
 
     cfg = validated(cfg, "generate")
     cache = cache or disabled_cache()
     resolved = resolve_model(model_spec, allow_pickle)
     fingerprint = model_fingerprint(resolved, revision)
+    given, chat_settings = prompts, {}
+    if chat:
+        prompts, chat_settings = render_chat(load_tokenizer(resolved, revision), prompts, model_spec)
     stops = list(cfg.stop_strings) if stops_at_human_turn(cfg, prompts) else []
-    settings = settings_key(cfg, stops)
+    settings = settings_key(cfg, stops) | chat_settings
     keys = [cache.key("generate", fingerprint, settings, p) for p in prompts]
 
     def compute(missing: list[int], store) -> None:
@@ -355,11 +377,11 @@ def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = G
         fixed = GenerateConfig(**{**asdict(cfg), "stop_at_human_turn": bool(stops)})
         generate_answers(model, tokenizer, todo, fixed, progress=progress,
                          on_answer=lambda j, answer: store(missing[j], answer.payload()),
-                         names=[names[i] for i in missing] if names else None)
+                         names=[names[i] for i in missing] if names else None, chat=chat)
 
     found, info = cached_map(cache, keys, compute, progress)
     answers = [Answer(p, f["response"], f["tokens"], f["stop"], f["token_ids"], f.get("prompt_tokens_cut", 0))
-               for p, f in zip(prompts, found)]
+               for p, f in zip(given, found)]
     info = {"model": model_spec, "resolved": resolved, "revision": revision, "fingerprint": fingerprint,
             "settings": settings, **info, **summarize(answers)}
     return answers, info
@@ -369,11 +391,13 @@ def answer_evalset(model_spec: str, evalset: dict, cfg: GenerateConfig = Generat
                    cache: ResultCache | None = None, allow_pickle: bool = False, revision: str | None = None,
                    progress=None) -> tuple[dict, dict]:
     """Answers to both halves of an evaluation set: {"harmful": [...], "helpful": [...]} of
-    {"id", "prompt", "response", "tokens", "stop"}, in the evaluation set's order."""
+    {"id", "prompt", "response", "tokens", "stop"}, in the evaluation set's order. An evaluation
+    set in the chat format is rendered by the model's own chat template."""
     items = [(cat, item) for cat in CATEGORIES for item in evalset[cat]]
+    chat = (evalset.get("provenance") or {}).get("config", {}).get("format") == "chat"
     answers, info = generate_cached(model_spec, [item["prompt"] for _, item in items], cfg, cache,
                                     allow_pickle, revision, progress,
-                                    names=[f"{cat} prompt {item['id']}" for cat, item in items])
+                                    names=[f"{cat} prompt {item['id']}" for cat, item in items], chat=chat)
     out = {"harmful": [], "helpful": []}
     for (cat, item), a in zip(items, answers):
         out[cat].append({"id": item["id"], "prompt": item["prompt"], "response": a.response,
