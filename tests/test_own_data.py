@@ -289,3 +289,35 @@ def test_the_chat_format_is_refused_for_a_model_without_a_template(models):
 
     with pytest.raises(InputError, match=rf"{models['plain']} has no chat template"):
         generate_cached(str(models["plain"]), ["\n\nHuman: Hi\n\nAssistant:"], chat=True)
+
+
+def test_the_shipped_own_data_example_study_runs_end_to_end(models, tmp_path):
+    """examples/own-data/study.yaml as shipped, with tiny models and HH prompts swapped in from
+    the command line: both variants train on the shipped file, in the chat model's template."""
+    from conftest import write_hh
+    from test_study import rows
+    from tiny import tiny_deberta_rm
+
+    for kind, subset in (("harmful", "harmless-base"), ("helpful", "helpful-base")):
+        write_hh(tmp_path / "hh", subset, "test", rows(kind, 20))
+    judge = tiny_deberta_rm(tmp_path / "rm", [r["chosen"] for r in rows("harmful", 20) + rows("helpful", 20)])
+    out = tmp_path / "out"
+    env = {**os.environ, "ALIGNSCOPE_CACHE": str(tmp_path / "cache"), "ALIGNSCOPE_QUIET": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "alignscope", "study", "examples/own-data/study.yaml",
+                           f"output_dir={out}", f"data={tmp_path / 'hh'}", "reference=null",
+                           f"models=[{{name: tiny, model: {models['chat']}}}]",
+                           f"judge={{model: {judge}, max_length: 128}}", "evalset.n_harmful=6",
+                           "evalset.n_helpful=6", "evalset.keywords=[kill]"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    shipped = [f"pairs.jsonl:{i}" for i in range(1, 17)]
+    for variant in ("sft", "dpo"):
+        manifest = json.loads((out / "models" / "tiny" / variant / "data_manifest.json").read_text())
+        assert sorted(manifest["rows"], key=lambda r: int(r.split(":")[1])) == shipped
+        assert (ROOT / manifest["files"][0]["path"]).resolve() == ROOT / "examples" / "own-data" / "pairs.jsonl"
+        assert manifest["chat_template_sha256"]
+    generation = json.loads((out / "answers" / "tiny" / "3_dpo_generation.json").read_text())
+    assert generation["settings"]["prompt_format"] == "chat"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["models"]) == ["base", "sft", "dpo"]
+    assert "pairs of pairs.jsonl" in (out / "report.md").read_text()
