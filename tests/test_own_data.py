@@ -321,3 +321,22 @@ def test_the_shipped_own_data_example_study_runs_end_to_end(models, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["models"]) == ["base", "sft", "dpo"]
     assert "pairs of pairs.jsonl" in (out / "report.md").read_text()
+
+
+def test_hh_rlhf_reads_as_before_and_as_messages_on_request(tmp_path):
+    from alignscope.data import data_fingerprint
+    from conftest import dialogue, write_hh
+
+    write_hh(tmp_path / "hh", "harmless-base", "train", [
+        {"chosen": dialogue("Hi", "Hello.", "Sky?") + "\n\nAssistant: Blue.",
+         "rejected": dialogue("Hi", "Hello.", "Sky?") + "\n\nAssistant: Green."}])
+    cfg = DataConfig(source=str(tmp_path / "hh"), subsets=["harmless-base"])
+    pair = load_pairs(cfg).pairs[0]
+    assert (pair.id, pair.prompt, pair.chosen) == ("harmless-base/train/1",
+                                                   "Human: Hi\n\nAssistant: Hello.\n\nHuman: Sky?\n\nAssistant:", " Blue.")
+    # the settings added for other data leave HH-RLHF recipes' fingerprints (and so finished runs) as they were
+    assert set(data_fingerprint(cfg)) == {"source", "subsets", "split", "strict", "drop_identical", "drop_empty",
+                                          "drop_duplicate_prompts", "limit", "exclude_prompts_of"}
+    chat = load_pairs(DataConfig(source=str(tmp_path / "hh"), subsets=["harmless-base"], as_messages=True)).pairs[0]
+    assert chat.prompt == [USER("Hi"), ASSISTANT("Hello."), USER("Sky?")]
+    assert (chat.chosen, chat.rejected, chat.id) == ([ASSISTANT("Blue.")], [ASSISTANT("Green.")], pair.id)
