@@ -284,6 +284,15 @@ def test_a_chat_model_trained_on_a_parquet_conversation_answers_in_its_template_
     assert all(a.response != GOOD for a in plain)  # the same model, prompted outside its template
 
 
+def test_a_reward_model_is_refused_conversational_data(models, tmp_path):
+    from alignscope.reward_model import RewardModelConfig, train_reward_model
+
+    chat = write_jsonl(tmp_path / "m.jsonl", rows_in("chat"))
+    with pytest.raises(InputError, match=r"m.jsonl: a reward model is trained on plain-text preference pairs"):
+        train_reward_model(RewardModelConfig(output_dir=str(tmp_path / "rm"), backbone=str(models["plain"]),
+                                             data=DataConfig(source=str(chat))))
+
+
 def test_the_chat_format_is_refused_for_a_model_without_a_template(models):
     from alignscope.generate import generate_cached
 

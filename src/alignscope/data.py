@@ -305,7 +305,7 @@ def standard_row(row, fmt: str, where: str) -> tuple:
 
 
 def dialogue_messages(dialogue: str) -> Messages:
-    """An HH-RLHF dialogue ("\n\nHuman: ... \n\nAssistant:") as user/assistant messages."""
+    """An HH-RLHF dialogue ("\\n\\nHuman: ... \\n\\nAssistant:") as user/assistant messages."""
     return [{"role": "user" if t.role == "Human" else "assistant", "content": t.text} for t in parse_turns(dialogue)]
 
 
@@ -376,7 +376,7 @@ def load_standard(cfg: DataConfig) -> tuple[list[Pair], dict]:
         numbered = enumerate(rows)
         info = {"source": cfg.source, "path": str(folder), "sha256": None, "revision": folder.name,
                 "requested_revision": cfg.revision, "config": cfg.config}
-        where, ident, first = (lambda i: f"hub dataset {label}, row {i}"), (lambda i: f"{name}/{cfg.split}#{i}"), 0
+        where, ident = (lambda i: f"hub dataset {label}, row {i}"), (lambda i: f"{name}/{cfg.split}#{i}")
     else:
         path = Path(cfg.source)
         if not path.is_file():
