@@ -38,10 +38,12 @@ def test_each_standard_format_gives_its_prompt_and_replies(tmp_path):
     assert (implicit_chat.chosen, implicit_chat.rejected) == ([ASSISTANT("Blue.")], [ASSISTANT("Green.")])
 
     implicit_hh = pairs_of(write_jsonl(tmp_path / "c.jsonl", [
-        {"chosen": "\n\nHuman: Sky?\n\nAssistant: A blue one.", "rejected": "\n\nHuman: Sky?\n\nAssistant: A green one."}]))[0]
+        {"chosen": "\n\nHuman: Sky?\n\nAssistant: A blue one.",
+         "rejected": "\n\nHuman: Sky?\n\nAssistant: A green one."}]))[0]
     assert (implicit_hh.prompt, implicit_hh.chosen) == ("Human: Sky?\n\nAssistant:", " A blue one.")
 
-    completion = pairs_of(write_jsonl(tmp_path / "d.jsonl", [{"prompt": [USER("Sky?")], "completion": [ASSISTANT("Blue.")]}]))[0]
+    completion = pairs_of(write_jsonl(tmp_path / "d.jsonl", [{"prompt": [USER("Sky?")],
+                                                              "completion": [ASSISTANT("Blue.")]}]))[0]
     assert (completion.prompt, completion.chosen, completion.rejected) == ([USER("Sky?")], [ASSISTANT("Blue.")], None)
 
     messages = pairs_of(write_jsonl(tmp_path / "e.jsonl", [
@@ -57,7 +59,8 @@ def test_each_standard_format_gives_its_prompt_and_replies(tmp_path):
 
 @pytest.mark.parametrize("row, message", [
     ({"prompt": "Q", "chosen": " A"}, r"b.jsonl, line 2: missing field 'rejected'"),
-    ({"prompt": "Q", "chosen": 3, "rejected": " B"}, r"line 2: field 'chosen' must be a string or a list of messages, got int"),
+    ({"prompt": "Q", "chosen": 3, "rejected": " B"},
+     r"line 2: field 'chosen' must be a string or a list of messages, got int"),
     ({"prompt": [USER("Q")], "chosen": [ASSISTANT("A"), USER("more?")], "rejected": [ASSISTANT("B")]},
      r"line 2: the chosen conversation does not end with the assistant"),
     ({"prompt": [USER("Q")], "chosen": " A", "rejected": " B"}, r"line 2: fields must be all strings or all lists"),
@@ -165,7 +168,8 @@ def test_a_hub_dataset_loads_through_datasets_from_the_local_hub_cache_at_its_co
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
 
     def read(split):
-        done = subprocess.run([sys.executable, "-c", READ_HUB, split], env=env, capture_output=True, text=True, cwd=ROOT)
+        done = subprocess.run([sys.executable, "-c", READ_HUB, split], env=env, capture_output=True, text=True,
+                              cwd=ROOT)
         assert done.returncode == 0, done.stderr[-3000:]
         return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -341,8 +345,8 @@ def test_hh_rlhf_reads_as_before_and_as_messages_on_request(tmp_path):
          "rejected": dialogue("Hi", "Hello.", "Sky?") + "\n\nAssistant: Green."}])
     cfg = DataConfig(source=str(tmp_path / "hh"), subsets=["harmless-base"])
     pair = load_pairs(cfg).pairs[0]
-    assert (pair.id, pair.prompt, pair.chosen) == ("harmless-base/train/1",
-                                                   "Human: Hi\n\nAssistant: Hello.\n\nHuman: Sky?\n\nAssistant:", " Blue.")
+    assert (pair.id, pair.chosen) == ("harmless-base/train/1", " Blue.")
+    assert pair.prompt == "Human: Hi\n\nAssistant: Hello.\n\nHuman: Sky?\n\nAssistant:"
     # the settings added for other data leave HH-RLHF recipes' fingerprints (and so finished runs) as they were
     assert set(data_fingerprint(cfg)) == {"source", "subsets", "split", "strict", "drop_identical", "drop_empty",
                                           "drop_duplicate_prompts", "limit", "exclude_prompts_of"}

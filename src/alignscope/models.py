@@ -320,8 +320,8 @@ def end_of_turn_ids(tokenizer) -> set[int]:
     <end_of_turn>), read off the template itself; empty when it closes turns with plain text."""
     mark = "ANSWER-ENDS-HERE"
     try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}],
-                                             tokenize=False)
+        exchange = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}]
+        text = tokenizer.apply_chat_template(exchange, tokenize=False)
     except Exception:  # a template that cannot render this exchange names no end-of-turn token
         return set()
     after = text[text.rindex(mark) + len(mark):].lstrip(" ") if mark in text else ""
