@@ -356,6 +356,9 @@ def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = G
     resolved = resolve_model(model_spec, allow_pickle)
     fingerprint = model_fingerprint(resolved, revision)
     given, chat_settings = prompts, {}
+    if chat and cfg.backend == "vllm":
+        raise InputError("the chat prompt format is answered by backend hf only (vLLM would tokenize the rendered "
+                         "prompts again and not stop at the template's end of turn)")
     if chat:
         prompts, chat_settings = render_chat(load_tokenizer(resolved, revision), prompts, model_spec)
     stops = list(cfg.stop_strings) if stops_at_human_turn(cfg, prompts) else []
