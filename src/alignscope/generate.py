@@ -25,9 +25,8 @@ from pydantic import Field
 from alignscope.answers import CATEGORIES, answer_filename, generation_filename
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
-from alignscope.io import InputError, atomic_write_json
 from alignscope.data import dialogue_messages
-from alignscope.io import sha256_text
+from alignscope.io import InputError, atomic_write_json, sha256_text
 from alignscope.models import (chat_template, end_of_turn_ids, eos_token_ids, load_causal_lm, load_tokenizer,
                                model_fingerprint, resolve_model)
 
