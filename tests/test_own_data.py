@@ -230,13 +230,20 @@ def trained_replies(cfg, n=2):
     return [s.tokenizer.decode(ids[m]) for ids, m in zip(batch["input_ids"], mask)]
 
 
-@pytest.mark.parametrize("fmt, method, model", [
-    ("text", "dpo", "plain"), ("text", "sft", "plain"), ("completion", "sft", "plain"),
-    ("implicit chat", "dpo", "chat"), ("chat", "dpo", "chat"), ("messages", "sft", "chat")])
-def test_sft_and_dpo_train_from_a_jsonl_in_each_standard_format(models, tmp_path, fmt, method, model):
+@pytest.mark.parametrize("fmt, method, model, suffix", [
+    ("text", "dpo", "plain", ".jsonl"), ("text", "sft", "plain", ".jsonl"),
+    ("completion", "sft", "plain", ".jsonl"), ("implicit chat", "dpo", "chat", ".jsonl"),
+    ("chat", "dpo", "chat", ".jsonl"), ("messages", "sft", "chat", ".jsonl"), ("chat", "dpo", "chat", ".parquet")])
+def test_sft_and_dpo_train_from_a_file_in_each_standard_format(models, tmp_path, fmt, method, model, suffix):
+    from datasets import Dataset
+
     from alignscope.train import train
 
-    path = write_jsonl(tmp_path / "data.jsonl", rows_in(fmt))
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".parquet":
+        Dataset.from_list(rows_in(fmt)).to_parquet(path)
+    else:
+        write_jsonl(path, rows_in(fmt))
     cfg = recipe(models[model], tmp_path / "run", path, method, lora=method == "dpo")
     end = "</s>" if model == "plain" else "<|im_end|>\n"  # text gets EOS appended; a template closes the turn
     replies = trained_replies(cfg)
@@ -246,7 +253,9 @@ def test_sft_and_dpo_train_from_a_jsonl_in_each_standard_format(models, tmp_path
         assert [r.removeprefix(" ") for r in replies] == [GOOD + end] * 2
     result = train(cfg)
     manifest = json.loads((tmp_path / "run" / "data_manifest.json").read_text())
-    assert sorted(manifest["rows"]) == [f"data.jsonl:{i}" for i in range(1, 7)]
+    expected = ([f"data.jsonl:{i}" for i in range(1, 7)] if suffix == ".jsonl" else
+                [f"data.parquet#{i}" for i in range(6)])
+    assert sorted(manifest["rows"]) == expected
     assert manifest["files"][0]["sha256"] and len(result.log_history) >= 2
     assert ("chat_template_sha256" in manifest) == (model == "chat")
 
