@@ -91,9 +91,28 @@ def test_stop_reasons_and_empty_answers_are_kept(tiny_lm):
 def test_stop_at_human_turn_defaults_to_the_prompt_format():
     from alignscope.generate import stops_at_human_turn
 
-    assert stops_at_human_turn(GenerateConfig(), ["Human: a\n\nAssistant:"])
-    assert not stops_at_human_turn(GenerateConfig(), ["Human: a"])  # the study's paper format
-    assert not stops_at_human_turn(GenerateConfig(stop_at_human_turn=False), ["Human: a\n\nAssistant:"])
+    assert stops_at_human_turn(GenerateConfig(), "Human: a\n\nAssistant:")
+    assert not stops_at_human_turn(GenerateConfig(), "Human: a")  # the study's paper format
+    assert not stops_at_human_turn(GenerateConfig(stop_at_human_turn=False), "Human: a\n\nAssistant:")
+
+
+def test_one_prompt_in_another_format_changes_no_other_answer(tiny_lm, tmp_path):
+    """The stopping rule is each prompt's own, and so is its cache key: editing one prompt so that it
+    no longer ends with Assistant: recomputes that prompt only, and the others still stop at a
+    Human turn."""
+    model, tok, folder = tiny_lm
+    text = generate_answers(model, tok, PROMPTS[:1], GenerateConfig(max_new_tokens=12, stop_at_human_turn=False))
+    marker = text[0].response[len(text[0].response) // 2:][:3]  # a stop string the first answer runs into
+    cfg = GenerateConfig(max_new_tokens=12, stop_strings=[marker])
+    cache = ResultCache(tmp_path / "cache")
+    first, _ = generate_cached(str(folder), PROMPTS, cfg, cache)
+    assert first[0].stop == "stop_string"
+    edited = [PROMPTS[0], PROMPTS[1].removesuffix("\n\nAssistant:"), *PROMPTS[2:]]
+    again, info = generate_cached(str(folder), edited, cfg, cache)
+    assert info["computed"] == 1 and info["settings"]["stop_strings_on"] == len(PROMPTS) - 1
+    assert again[0].stop == "stop_string" and again[0].response == first[0].response
+    fresh, _ = generate_cached(str(folder), edited, cfg)  # no cache: the same answers computed together
+    assert [a.response for a in fresh] == [a.response for a in again]
 
 
 def test_the_cache_recomputes_nothing_unchanged_and_never_trusts_a_bad_entry(tiny_lm, tmp_path):

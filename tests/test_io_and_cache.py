@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from alignscope.cache import ResultCache
-from alignscope.io import InputError, atomic_folder, atomic_write_json, atomic_write_text
+from alignscope.io import FOLDER_MARKER, InputError, atomic_folder, atomic_write_json, atomic_write_text
 from alignscope.models import model_fingerprint
 
 
@@ -17,7 +17,7 @@ def test_outputs_respect_the_umask(tmp_path, umask):
     old = os.umask(umask)
     try:
         path = atomic_write_text(tmp_path / "a" / "report.md", "x")
-        folder = atomic_folder(tmp_path / "model", lambda d: (d / "w").write_text("x"))
+        folder = atomic_folder(tmp_path / "model", lambda d: (d / "w").write_text("x"), "model")
         plain = tmp_path / "plain.txt"
         plain.write_text("x")
     finally:
@@ -85,20 +85,20 @@ def test_a_damaged_fingerprint_record_is_recomputed(tmp_path, monkeypatch, conte
 
 def test_a_folder_is_swapped_in_whole_over_the_old_one_and_over_a_concurrent_writers(tmp_path):
     target = tmp_path / "model"
-    atomic_folder(target, lambda d: [(d / n).write_text("old") for n in ("a", "b")])
+    atomic_folder(target, lambda d: [(d / n).write_text("old") for n in ("a", "b")], "model")
     reader = open(target / "a")  # a reader of the old folder keeps what it opened
 
     def ours(d):
         (d / "a").write_text("ours")
         # meanwhile another writer finishes its own folder and swaps it in first
-        atomic_folder(target, lambda other: (other / "c").write_text("theirs"))
+        atomic_folder(target, lambda other: (other / "c").write_text("theirs"), "model")
 
-    atomic_folder(target, ours)
-    assert sorted(p.name for p in target.iterdir()) == ["a"] and (target / "a").read_text() == "ours"
+    atomic_folder(target, ours, "model")
+    assert sorted(p.name for p in target.iterdir()) == [FOLDER_MARKER, "a"] and (target / "a").read_text() == "ours"
     assert reader.read() == "old"
     reader.close()
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing left aside
 
     with pytest.raises(RuntimeError):  # a write that fails leaves the last whole folder
-        atomic_folder(target, lambda d: ((d / "a").write_text("half"), (_ for _ in ()).throw(RuntimeError())))
+        atomic_folder(target, lambda d: ((d / "a").write_text("half"), (_ for _ in ()).throw(RuntimeError())), "model")
     assert (target / "a").read_text() == "ours" and [p.name for p in tmp_path.iterdir()] == ["model"]

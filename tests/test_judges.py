@@ -3,6 +3,9 @@ validated, saved without pickle, used by `score` like any reward model), and bad
 
 import json
 import math
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +14,8 @@ from alignscope.agreement import judge_agreement, judge_card, write_card
 from alignscope.answers import RatedAnswer, RatedModel, load_rated_dir
 from alignscope.cache import ResultCache
 from alignscope.distill import DistillConfig, train_judge
-from alignscope.io import InputError
-from alignscope.judge import DISTILLED_HEADS, DISTILLED_MANIFEST, DistilledJudge
+from alignscope.io import FOLDER_MARKER, InputError
+from alignscope.judge import BLIND_HEADS, DISTILLED_HEADS, DISTILLED_MANIFEST, DistilledJudge
 from alignscope.metrics import MetricsConfig
 from alignscope.score import ScoreConfig, rate_folder
 from tiny import tiny_deberta_rm, tiny_opt
@@ -49,39 +52,45 @@ def rated(tmp_path_factory):
     return write_rated(tmp_path_factory.mktemp("rated") / "rated")
 
 
+UMASK = 0o022
+
+
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory, rated):
     root = tmp_path_factory.mktemp("distilled")
     backbone = tiny_opt(root / "backbone")
     cfg = DistillConfig(ratings=str(rated), output_dir=str(root / "judge"), backbones=[str(backbone)],
                         alphas=[0.1, 1.0, 10.0, 100.0], prompt_folds=2, max_length=128)
-    return cfg, train_judge(cfg)
+    old = os.umask(UMASK)
+    try:
+        return cfg, train_judge(cfg)
+    finally:
+        os.umask(old)
 
 
 def test_a_distilled_judge_is_validated_and_saved_without_pickle(distilled):
     cfg, record = distilled
     folder = cfg.output_dir
-    assert sorted(p.name for p in __import__("pathlib").Path(folder).iterdir()) == [DISTILLED_MANIFEST, DISTILLED_HEADS]
+    assert sorted(p.name for p in Path(folder).iterdir()) == [FOLDER_MARKER, DISTILLED_MANIFEST, DISTILLED_HEADS]
+    # the heads get the permissions of a plain open (safetensors' save_file makes 0600)
+    assert stat.S_IMODE((Path(folder) / DISTILLED_HEADS).stat().st_mode) == 0o666 & ~UMASK
     assert set(record["validation"]) == {"leave_one_model_out", "leave_prompts_out"}
     lomo = record["validation"]["leave_one_model_out"]
     assert lomo["folds"] == 3 and set(lomo["judge"]["table"]) == {"base", "sft", "dpo"}
-    for v in record["validation"].values():
-        for who in ("judge", "category_mean"):
-            assert math.isfinite(v[who]["mean_abs_error"]) and v[who]["worst_error"] >= v[who]["mean_abs_error"]
     # the ratings follow the text, which the backbone's features carry: held out, it beats the category means
     assert lomo["judge"]["mean_abs_error"] < lomo["category_mean"]["mean_abs_error"]
     assert lomo["judge"]["spearman"]["harmful"] > 0.5 and lomo["judge"]["spearman"]["helpful"] > 0.5
     assert {h["set"] for h in record["heads"]["harmful"]} == {"standard", "multilayer"}
     assert record["trained_on"]["answers"] == 60 and len(record["trained_on"]["files"]) == 6
-    # rank and decision agreement held out, and the error the judge makes on a difference between two models
+    # beside it, the judge blind to length and log-probabilities: three features fewer, validated the same way
+    widths = {h["set"]: h["features"] for h in record["heads"]["helpful"]}
+    assert {h["set"]: h["features"] for h in record[BLIND_HEADS]["helpful"]} == {k: v - 3 for k, v in widths.items()}
+    assert set(lomo) >= {"without_length_lp", "other_models_mean_rate", "other_models_prompt_mean"}
+    assert "other_models_mean_rate" not in record["validation"]["leave_prompts_out"]
+    # the error on a difference is an upper percentile over resampled prompts, seeded by the judge's seed
     j = lomo["judge"]
-    for c in ("harmful", "helpful"):
-        assert -1 <= j["kendall"][c] <= 1 and (j["kappa"][c] is None or -1 <= j["kappa"][c] <= 1)
-    for metric in ("HmR", "HpR"):
-        errors = [cells[metric]["error"] for cells in j["table"].values()]
-        assert j["difference_error"][metric] == pytest.approx(max(errors) - min(errors))
-    biases = [b["helpful"] for b in j["rating_bias"].values()]
-    assert j["difference_error"]["mean_reward_helpful"] == pytest.approx(max(biases) - min(biases))
+    assert j["difference_error_method"] == {"quantile": 0.95, "resamples": 2000, "seed": cfg.seed}
+    assert j["findings"]["rule"]["comparisons"] == 3 * 4  # 3 pairs of models x (HmR, HpR, two mean rewards)
 
 
 def test_a_judge_fitted_to_other_features_refuses_to_rate_and_its_folder_replaces_only_a_judge(distilled, rated,
@@ -96,7 +105,7 @@ def test_a_judge_fitted_to_other_features_refuses_to_rate_and_its_folder_replace
     with pytest.raises(InputError, match="fitted to features of version 0; .* Fit the judge again"):
         DistilledJudge(old)
     # an output folder holding anything but a judge (here: the ratings themselves) is never replaced
-    with pytest.raises(InputError, match="holds files that are not a distilled judge"):
+    with pytest.raises(InputError, match="would be replaced whole by a new distilled judge, but it holds files but no"):
         train_judge(DistillConfig(ratings=str(rated), output_dir=str(rated), backbones=["unused"]))
     assert len(list(rated.glob("*.json"))) == 6
 
@@ -117,6 +126,11 @@ def test_score_uses_a_distilled_judge_like_any_judge(distilled, rated, tmp_path)
     direct, _ = judge.rate([a.prompt for a in m.answers["helpful"]], [a.response for a in m.answers["helpful"]],
                            ["helpful"] * 10)
     assert [a.rating for a in m.answers["helpful"]] == pytest.approx(direct, abs=1e-5)  # other batches: last bits
+    ratings, blind = judge.rate_checked([a.prompt for a in m.answers["helpful"]], [a.response for a in m.answers["helpful"]],
+                                        ["helpful"] * 10)
+    written = json.loads((tmp_path / "out" / "2_sft_helpful.json").read_text())
+    assert [r["rating_without_length_lp"] for r in written] == pytest.approx(blind, abs=1e-5)
+    assert ratings == pytest.approx(direct) and blind != pytest.approx(direct, abs=1e-3)
     with pytest.raises(InputError, match="rates each answer by its category"):
         judge.rate(["q"], ["a"])
     again = rate_folder(answers, tmp_path / "out2", ScoreConfig(model=cfg.output_dir), cache)
@@ -186,13 +200,16 @@ def test_judge_agreement_on_a_tiny_reward_model(rated, tmp_path):
     card = judge_agreement(ScoreConfig(model=str(rm), max_length=128), rated, MetricsConfig(),
                            cache=ResultCache(tmp_path / "cache"))
     assert card["models"] == ["base", "sft", "dpo"] and card["categories"]["harmful"]["n"] == 30
-    for c in ("harmful", "helpful"):
-        assert -1 <= card["categories"][c]["spearman"] <= 1 and -1 <= card["categories"][c]["kendall"] <= 1
+    # the reference's Table 1, by hand: model i's answer k is good unless (k + i) % 3 == 0, and good answers
+    # pass both thresholds: 6, 7 and 7 of 10
+    assert {n: (r["HmR"], r["HpR"]) for n, r in card["table1"]["reference"].items()} == {
+        "base": (60, 60), "sft": (70, 70), "dpo": (70, 70)}
     assert set(card["table1"]) == {"reference", "judge", "mapped"} and card["judge"]["fingerprint"].startswith("sha256:")
     out = write_card(card, tmp_path / "card")
     text = (out / "judge.md").read_text()
-    assert "# Judge card" in text and "Spearman rho with the reference" in text and "| Base |" in text
-    assert json.loads((out / "judge.json").read_text())["errors"]["mapped"]["mean_abs"] >= 0
+    assert "# Judge card" in text and "Spearman rho with the reference" in text and "| Base | 60 |" in text
+    saved = json.loads((out / "judge.json").read_text())
+    assert saved["categories"]["helpful"]["spearman"] == pytest.approx(card["categories"]["helpful"]["spearman"])
 
 
 @pytest.mark.slow
@@ -212,3 +229,80 @@ def test_train_judge_on_the_reference_ratings_beats_category_means_on_held_out_m
     lpo = record["validation"]["leave_prompts_out"]
     assert lpo["judge"]["mean_abs_error"] < lpo["category_mean"]["mean_abs_error"]
     assert np.isfinite(lpo["judge"]["mean_abs_rating_error"])
+
+
+def synthetic_rows(models=3, prompts=12, seed=0):
+    """Rows with known features: each rating a linear function of six random features plus noise."""
+    from alignscope.distill import Rows
+
+    rng = np.random.default_rng(seed)
+    n = models * 2 * prompts
+    x = rng.normal(size=(n, 6))
+    model = np.repeat(np.arange(models), 2 * prompts)
+    category = np.tile(np.repeat(["harmful", "helpful"], prompts), models)
+    prompt_id = np.array([f"{c}/{k % prompts}" for k, c in enumerate(category)])
+    ratings = x @ np.array([1.0, -2.0, 0.5, 0.0, 1.5, -1.0]) + rng.normal(0, 0.3, n)
+    rows = Rows([f"q{k}" for k in range(n)], [f"a{k}" for k in range(n)], ratings, model, category, prompt_id,
+                [f"m{i}" for i in range(models)])
+    return rows, {(0, "standard"): x}
+
+
+def test_a_held_out_fold_is_rated_by_heads_that_never_saw_its_ratings():
+    """Leakage: scaling, penalties and heads are fitted inside the training folds, so perturbing the
+    held-out model's ratings (or a held-out fold of prompts) leaves its held-out predictions unchanged,
+    while the other folds, which trained on them, move."""
+    from alignscope.distill import category_means, cross_validated, prompt_folds
+
+    rows, sets = synthetic_rows()
+    alphas = [0.1, 1.0, 10.0]
+    for folds, inner in ((rows.model, rows.model), (prompt_folds(rows, 3, 0), rows.prompt_id)):
+        before = cross_validated(sets, rows, folds, inner, alphas)
+        means_before = category_means(rows, folds)
+        held = folds == folds[-1]
+        rows.ratings[held] += np.random.default_rng(1).normal(0, 5, held.sum())
+        after = cross_validated(sets, rows, folds, inner, alphas)
+        assert np.array_equal(after[held], before[held])
+        assert np.array_equal(category_means(rows, folds)[held], means_before[held])
+        assert np.abs(after[~held] - before[~held]).max() > 1e-3  # the check can see a leak where there is one
+        rows, sets = synthetic_rows()
+
+
+def test_the_other_models_baselines_by_hand():
+    """Harmful ratings of three models on five prompts (pass at -3): 40, 60 and 80% harmless; every
+    helpful answer rated 0 (all pass). Leaving a model out, the mean of the other two rates misses by
+    +30, 0 and -30 points; the other models' mean rating per prompt misses the ratings by 20 / 30 on average."""
+    from alignscope.distill import Rows, other_models_baselines
+
+    harmful = [[0, 0, -5, -5, -5], [0, 0, 0, -5, -5], [0, 0, 0, 0, -5]]
+    ratings, model, category, prompt_id = [], [], [], []
+    for i, row in enumerate(harmful):
+        for c, values in (("harmful", row), ("helpful", [0] * 5)):
+            ratings += values
+            model += [i] * 5
+            category += [c] * 5
+            prompt_id += [f"{c}/{k}" for k in range(5)]
+    rows = Rows(["q"] * 30, ["a"] * 30, np.array(ratings, float), np.array(model), np.array(category),
+                np.array(prompt_id), ["base", "sft", "dpo"])
+    b = other_models_baselines(rows, MetricsConfig())
+    assert b["other_models_mean_rate"]["errors"] == {"base": {"HmR": 30, "HpR": 0}, "sft": {"HmR": 0, "HpR": 0},
+                                                     "dpo": {"HmR": -30, "HpR": 0}}
+    assert (b["other_models_mean_rate"]["mean_abs_error"], b["other_models_mean_rate"]["worst_error"]) == (10, 30)
+    # prompt 2: base -5 rated 0 (5 off), sft and dpo 0 rated -2.5; prompt 3: dpo 0 rated -5, the others -2.5
+    assert b["other_models_prompt_mean"]["mean_abs_rating_error"] == pytest.approx(20 / 30)
+    # base's answers rated 0, 0, 0, -2.5, -5: four of five pass -3
+    assert b["other_models_prompt_mean"]["table"]["base"]["HmR"]["judge"] == 80
+
+
+def test_the_judge_record_check_fails_when_the_readme_lacks_a_judges_tables(distilled):
+    """`make judge-record`'s check: a judge whose measured tables are not in README.md fails it, naming the judge
+    and printing the tables as they now are."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg, record = distilled
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_judge_record.py"
+    run = subprocess.run([sys.executable, str(script), cfg.output_dir], capture_output=True, text=True)
+    assert run.returncode == 1 and f"{cfg.output_dir} (" in run.stdout
+    assert "| leaving one model out (3 folds) |" in run.stdout and "(1 folds)" not in run.stdout
+    assert "| each model's rate at the other models' mean rate, leaving one model out (3 folds) |" in run.stdout

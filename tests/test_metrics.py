@@ -6,7 +6,8 @@ from scipy import stats
 
 from alignscope.io import InputError
 from alignscope.answers import RatedAnswer, RatedModel, load_rated_dir
-from alignscope.metrics import (MetricsConfig, compute_metrics, harmlessness_rate, helpfulness_rate, mcnemar_exact,
+from alignscope.metrics import (MetricsConfig, add_q_values, compare_findings, difference_error_interval, mean_measure,
+                                rate_measure, compute_metrics, harmlessness_rate, helpfulness_rate, mcnemar_exact,
                                 retention, stop_reason_tests, sweep_values)
 
 # The reference study's Table 1 and Table 2 (arXiv 2509.09055).
@@ -74,7 +75,9 @@ def test_intervals_contain_the_estimate_and_tests_cover_every_pair():
             assert v[f"{k}_ci"][0] <= v[k] <= v[f"{k}_ci"][1]
     pairs = {(t["a"], t["b"], t["metric"]) for t in m["paired_tests"]}
     assert len(pairs) == 3 * 4  # 3 model pairs x (HmR, HpR, mean reward on each category)
-    assert all(t["q_value"] >= t["p_value"] for t in m["paired_tests"])
+    # Benjamini-Hochberg within each family: the rate tests' q-values come from the rate tests' p-values alone
+    rates = [t for t in m["paired_tests"] if t["metric"] in ("HmR", "HpR")]
+    assert [t["q_value"] for t in rates] == pytest.approx(list(stats.false_discovery_control([t["p_value"] for t in rates])))
     big = next(t for t in m["paired_tests"] if t["metric"] == "mean_reward_helpful" and t["b"] == "c" and t["a"] == "a")
     assert big["mean_diff"] < 0 and big["p_value"] < 0.001 and big["ci"][1] < 0
     sweep = m["thresholds"]["sweep"]
@@ -167,7 +170,9 @@ def test_stop_reasons_are_tested_against_the_base_on_the_same_prompts(tmp_path):
     assert (eos["a_count"], eos["b_count"], eos["a_only"], eos["b_only"], eos["n"]) == (16, 0, 16, 0, 20)
     assert eos["p_value"] == pytest.approx(stats.binomtest(16, 16, 0.5).pvalue)
     assert tests["sft", "stop_string"]["b_count"] == 18 and tests["sft", "stop_string"]["p_value"] < 1e-4
-    assert all(t["q_value"] >= t["p_value"] for t in tests.values())
+    # Benjamini-Hochberg over the two: the smaller p (2 * 0.5^18) doubled, the larger (2 * 0.5^16) kept
+    assert tests["sft", "stop_string"]["q_value"] == pytest.approx(2 * 2 * 0.5 ** 18)
+    assert tests["sft", "eos"]["q_value"] == pytest.approx(2 * 0.5 ** 16)
     # files without stop reasons (the reference study's) give no such tests
     assert stop_reason_tests([model("base", [0.0], [0.0]), model("sft", [1.0], [1.0])]) == []
     folder = tmp_path / "rated"
@@ -191,3 +196,33 @@ def test_the_threshold_sweep_fits_the_judges_scale(reference):
     assert len(inside) >= 30 and values[0] <= narrow.min() and values[-1] >= narrow.max()
     assert sweep_values(MetricsConfig(sweep_step=0.5, sweep_min=-1, sweep_max=1), narrow) == [-1, -0.5, 0, 0.5, 1]
     assert sweep_values(MetricsConfig(), np.zeros(3)) == [0.0]
+
+
+def test_benjamini_hochberg_by_hand():
+    tests = [{"p_value": p} for p in (0.01, 0.04, 0.03, 0.5)]
+    add_q_values(tests)
+    # sorted 0.01, 0.03, 0.04, 0.5: q = min over the larger ones of p * 4 / rank
+    assert [t["q_value"] for t in tests] == pytest.approx([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5])
+
+
+def test_the_error_on_a_difference_over_resampled_prompts():
+    cfg = MetricsConfig(seed=3)
+    reference = np.zeros((3, 50))
+    # each model misjudged by a constant: every resample has the same errors, spread 0.3 - (-0.2)
+    shifted = reference + np.array([[0.0], [0.3], [-0.2]])
+    e = difference_error_interval(shifted, reference, mean_measure, cfg)
+    assert e["point"] == pytest.approx(0.5) and e["upper"] == pytest.approx(0.5) and e["seed"] == 3
+    # one of 50 helpful answers misjudged (2 points of HpR): a resample draws that prompt K ~ Binomial(50, 1/50)
+    # times, P(K <= 2) = 0.92 and P(K <= 3) = 0.98, so the 95th percentile of the spread is 3 x 2 points
+    one_off = np.zeros((2, 50))
+    one_off[0, 7] = -5.0
+    e = difference_error_interval(one_off, np.zeros((2, 50)), rate_measure("helpful", cfg), cfg)
+    assert (e["point"], e["upper"]) == (2, pytest.approx(6))
+    assert difference_error_interval(np.zeros((2, 50)), np.zeros((2, 50)), mean_measure, cfg)["upper"] == 0
+
+
+def test_findings_compared_with_the_references():
+    truth = {"a": 1, "b": 0, "c": -1, "d": 1, "e": 0, "f": -1}
+    judged = {"a": 1, "b": 1, "c": 1, "d": 0, "e": 0, "f": -1}
+    assert compare_findings(judged, truth) == {"false": 1, "reversed": 1, "missed": 1, "agreed": 2, "neither": 1,
+                                               "comparisons": 6, "supported_by_reference": 4}

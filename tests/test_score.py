@@ -150,3 +150,37 @@ def test_an_answer_longer_than_the_limit_keeps_its_start_and_the_cut_is_recorded
     kept_answer = 48 - 3 - kept_question  # ... and the answer's start, never its end
     assert pair.ids[2 + kept_question:-1] == answer_ids[:kept_answer]
     assert pair.answer_tokens_cut == len(answer_ids) - kept_answer
+
+
+def test_score_on_a_full_disk_is_an_error_and_leaves_a_folder_no_reader_takes_for_whole(rm, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from alignscope.answers import load_rated_dir
+
+    folder, _, _ = rm
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    for i, name in ((1, "base"), (2, "sft")):
+        for cat in ("harmful", "helpful"):
+            rows = [{"prompt": q, "response": a} for q, a in zip(QUESTIONS, ANSWERS)]
+            (answers / f"{i}_{name}_{cat}.json").write_text(json.dumps(rows))
+    fsync, calls = os.fsync, []
+
+    def disk_full_at_the_third_file(fd):  # the record, one rated file, then no space
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", disk_full_at_the_third_file)
+    out = tmp_path / "rated"
+    with pytest.raises(InputError, match=r"1_base_helpful.json: cannot write \(No space left on device\)"):
+        rate_folder(answers, out, ScoreConfig(model=str(folder), max_length=128))
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert sorted(p.name for p in out.iterdir()) == ["scoring.json"]  # no rated file of this run is left
+    with pytest.raises(InputError, match="began this folder and did not finish .*missing: 1_base_harmful.json, "
+                                         "1_base_helpful.json, 2_sft_harmful.json, 2_sft_helpful.json"):
+        load_rated_dir(out)
+    rate_folder(answers, out, ScoreConfig(model=str(folder), max_length=128))  # a rerun finishes it
+    assert [m.name for m in load_rated_dir(out)] == ["base", "sft"]

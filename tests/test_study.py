@@ -17,6 +17,8 @@ import yaml
 from alignscope.config import ConfigError
 from alignscope.study import load_study
 from conftest import REFERENCE, ROOT, dialogue, write_hh
+from test_refusal_card import labelled_file
+from test_suites import tiny_xstest
 from tiny import tiny_deberta_rm, tiny_opt
 
 THINGS = ["weeds", "a process", "time", "the lights", "a mosquito", "the engine", "germs", "the music"]
@@ -45,6 +47,8 @@ def setup(tmp_path_factory):
     tiny_opt(root / "tiny-opt")
     corpus = [r["chosen"] + r["rejected"] for r in rows("harmful", 20) + rows("helpful", 20)]
     tiny_deberta_rm(root / "tiny-rm", corpus)
+    xstest = tiny_xstest(root / "xstest_prompts.csv")
+    labelled = [labelled_file(root / f"labelled-{k}.json", k) for k in range(2)]
     fast = {"training.max_steps": 6, "training.learning_rate": 1e-2, "training.per_device_batch_size": 4,
             "training.gradient_accumulation_steps": 1, "training.precision": "fp32", "training.save_steps": 2,
             "training.logging_steps": 1, "training.max_length": 128, "data.split": "train", "data.limit": 12,
@@ -52,7 +56,9 @@ def setup(tmp_path_factory):
     config = {
         "name": "tiny", "output_dir": str(root / "out"), "data": str(root / "data"),
         "models": [{"name": "tiny", "model": str(root / "tiny-opt")}],
-        "evalset": {"seed": 1, "n_harmful": 6, "n_helpful": 6, "keywords": ["kill"], "format": "hh"},
+        "evalset": {"seed": 1, "n_harmful": 6, "n_helpful": 6, "keywords": ["kill"], "format": "hh",
+                    "suites": [{"name": "xstest", "source": str(xstest), "per_category": 2}]},
+        "refusals": {"classifier": "patterns", "labelled": labelled},
         "train": {"sft": {"recipe": str(ROOT / "configs/recipes/sft.yaml"), "set": fast},
                   "dpo": {"recipe": str(ROOT / "configs/recipes/dpo.yaml"), "set": fast},
                   "sftdpo": {"recipe": str(ROOT / "configs/recipes/sft-dpo.yaml"), "set": fast}},
@@ -90,7 +96,8 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
     assert all(m["n"] == {"harmful": 6, "helpful": 6} for m in metrics["models"].values())
     assert {(r["before"], r["after"]) for r in metrics["retention"]} >= {("base", "dpo"), ("sft", "sftdpo")}
     for path in ("report.md", "metrics.json", "manifest.json", "stages.json", "timings.md", "evalset.json",
-                 "study.yaml", "reports/tiny/report.md", "reports/tiny/figures/rates.png",
+                 "study.yaml", "reports/tiny/report.md", "reports/tiny/figures/rates.png", "report.html",
+                 "reports/tiny/report.html",
                  "answers/tiny/1_base_harmful.json", "answers/tiny/4_sftdpo_helpful.json",
                  "rated/tiny/3_dpo_harmful.json", "rated/tiny/scoring.json",
                  "models/tiny/sft/model/model.safetensors", "models/tiny/dpo/adapter/adapter_config.json",
@@ -99,6 +106,7 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
     report = (out_dir / "report.md").read_text()
     assert "## Table 1" in report and "## The answers themselves" in report and "## Artifacts" in report
     assert "](reports/tiny/figures/rates.png)" in report
+    assert (out_dir / "report.html").read_text().count('<img src="data:image/png;base64,') == 4
     assert "SFT, 6 steps on 24 pairs" in report  # data.limit is per subset
     assert "DPO (LoRA) from SFT, 6 steps" in report
     stop_tests = metrics["stop_tests"]  # how answers end, against the base, judge aside
@@ -106,6 +114,22 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
                                                           for s in ("eos", "stop_string")}
     for t in stop_tests:
         assert t["a_count"] == metrics["answers"][t["a"]]["stopped"][t["stop"]] and 0 <= t["p_value"] <= 1
+    suite = metrics["suites"]["xstest"]
+    assert list(suite["models"]) == ["base", "sft", "dpo", "sftdpo"]
+    assert all(m["over_refusal"]["n"] == 2 and m["unsafe_compliance"]["n"] == 2 for m in suite["models"].values())
+    assert len(suite["tests"]) == 2 * 6  # two measures, every pair of four models
+    xstest_answers = json.loads((out_dir / "answers/tiny/2_sft_suite-xstest.json").read_text())
+    assert [(a["category"], a["type"]) for a in xstest_answers] == [
+        ("safe", "homonyms"), ("safe", "figurative"), ("unsafe", "contrast_homonyms"), ("unsafe", "contrast_figurative")]
+    decisions = json.loads((out_dir / "refusals/tiny/refusals.json").read_text())
+    assert decisions["measure"]["version"] == "refusal-patterns/2"
+    refused = sum(decisions["models"]["sft"]["suites"]["xstest"][:2])
+    assert suite["models"]["sft"]["over_refusal"]["count"] == refused
+    assert metrics["refusal"]["models"]["base"]["harmful"]["count"] == sum(decisions["models"]["base"]["harmful"])
+    assert (out_dir / "reports/tiny/figures/tradeoff.png").is_file()
+    assert (out_dir / "refusal-card/refusal-card.md").is_file()
+    assert "## The refusal measure" in report and "## Suite `xstest`" in report
+    assert "](refusal-card/refusal-card.md)" in report  # the card's link, moved up with the report
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert manifest["versions"]["trl"] and manifest["evalset"]["sha256"]
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", manifest["git_commit"])
@@ -273,6 +297,8 @@ def test_a_scale_study_reports_the_change_against_size(setup):
     assert "## Scale table" in report and "(figures/scale.png)" in report and "Fewer than three sizes" in report
     assert (root / "scale" / "figures" / "scale.png").stat().st_size > 20_000
     assert (root / "scale" / "reports" / "wide" / "report.md").is_file()
+    page = (root / "scale" / "report.html").read_text()  # both bases' answers, a section per base and category
+    assert all(f'"id":"{b}/{c}"' in page for b in ("small", "wide") for c in ("harmful", "helpful"))
 
 
 def test_a_study_judged_by_a_distilled_judge_opens_with_its_card_and_sits_beside_the_reference(setup, full_run):
@@ -302,7 +328,14 @@ def test_a_study_judged_by_a_distilled_judge_opens_with_its_card_and_sits_beside
     assert report.index("## The judge") < report.index("## Beside the reference study") < report.index("## Table 1")
     assert "leaving each model out (applies here)" in report and "What its error means here" in report
     assert "| Base (reference, a made-up judge) |" in report and "| DPO (this study, the distilled judge) |" in report
-    assert "## Refusals (no judge)" in report and "(judge-card/judge.md)" in report
+    assert "## Refusals on the HH prompts (no judge)" in report and "(judge-card/judge.md)" in report
+    # the rule measured on the reference's pairs, and every finding checked against length
+    assert "comparisons (every pair of its models on HmR, HpR and the two mean rewards" in report
+    assert "## The judge's findings checked against length" in report
+    assert "The same judge fitted without the length and log-probability features, under the same rule" in report
+    card_text = (out / "judge-card" / "judge.md").read_text()
+    assert "each model's rate put at the other models' mean rate" in card_text
+    assert "each answer rated at the other models' mean rating of its prompt" in card_text
     card = json.loads((out / "judge-card" / "judge.json").read_text())
     assert set(card["judge"]["validation"]) == {"leave_one_model_out", "leave_prompts_out"}
     metrics = json.loads((out / "metrics.json").read_text())

@@ -144,6 +144,7 @@ def validation_markdown(card: dict) -> list[str]:
                   f"Cell error: mean {fmt(j['mean_abs_error'], 1)} points, worst {fmt(j['worst_error'], 0)} (category "
                   f"means: {fmt(base['mean_abs_error'], 1)}, worst {fmt(base['worst_error'], 0)}). Mean |rating "
                   f"error| {fmt(j['mean_abs_rating_error'])}.", ""]
+        lines += baselines_markdown(v)
         if "kendall" in j:  # judges fitted before alignscope recorded these lack them
             d = j["difference_error"]
             lines += [table(["", "harmful prompts", "helpful prompts"], [
@@ -152,13 +153,61 @@ def validation_markdown(card: dict) -> list[str]:
                 ["Cohen's kappa on the decision HmR / HpR counts", *(fmt(j["kappa"][c]) for c in CATEGORIES)],
                 ["error on a difference between two models' rates, points", fmt_rate(d["HmR"]), fmt_rate(d["HpR"])],
                 ["error on a difference between two models' mean rewards", fmt(d["mean_reward_harmful"]),
-                 fmt(d["mean_reward_helpful"])]]), ""]
+                 fmt(d["mean_reward_helpful"])],
+                *([["Spearman of its ratings with answer length (the reference's)",
+                    *(f"{fmt(j['length']['judge'][c])} ({fmt(j['length']['reference'][c])})" for c in CATEGORIES)]]
+                  if "length" in j else [])]), ""]
+            if "findings" in j:
+                m = j["difference_error_method"]
+                lines += [f"The error on a difference is the {fmt(100 * m['quantile'], 0)}th percentile of the spread "
+                          f"of the held-out models' errors over {m['resamples']} resamplings of the prompts (seed "
+                          f"{m['seed']}); the spread on the prompts as they are: {fmt_rate(j['difference_error_point']['HmR'])} "
+                          f"and {fmt_rate(j['difference_error_point']['HpR'])} points, "
+                          f"{fmt(j['difference_error_point']['mean_reward_harmful'])} and "
+                          f"{fmt(j['difference_error_point']['mean_reward_helpful'])}. A gap is a finding where its "
+                          "paired test holds (Benjamini-Hochberg q < 0.05) and it exceeds this error and its own "
+                          "sampling error combined. " + findings_check_text(j["findings"]), ""]
         else:
             lines += [f"Spearman with the reference: {fmt(j['spearman']['harmful'])} on harmful prompts, "
                       f"{fmt(j['spearman']['helpful'])} on helpful.", ""]
     lines += ["An error on a difference: the judge misjudges one model by e_a and another by e_b, so their gap is "
-              "off by e_a - e_b; the largest such over the held-out models.", ""]
+              "off by e_a - e_b; the largest such over the held-out models, and where the validation records it, "
+              "its upper percentile over resampled prompts.", ""]
     return lines
+
+
+def findings_check_text(check: dict) -> str:
+    """What the rule for findings gets wrong on the reference study's pairs, where the truth is known."""
+    r, alone = check["rule"], check["test_alone"]
+    return (f"Measured on the reference study's own {r['comparisons']} comparisons (every pair of its models on "
+            f"HmR, HpR and the two mean rewards; {r['supported_by_reference']} of them findings under "
+            "the reference judge's ratings), this rule applied to the judge's held-out ratings draws "
+            f"{r['false']} false, {r['reversed']} reversed and {r['missed']} missed findings ({r['agreed']} right); "
+            f"the paired test alone would draw {alone['false']} false, {alone['reversed']} reversed and "
+            f"{alone['missed']} missed.")
+
+
+def baselines_markdown(v: dict) -> list[str]:
+    """The judges a held-out judge must beat, beside the constant one: those that know the other
+    models' ratings (leaving a model out), and the same judge blind to length and log-probabilities."""
+    rows = []
+    if "other_models_mean_rate" in v:
+        b = v["other_models_mean_rate"]
+        rows.append(["each model's rate put at the other models' mean rate",
+                     f"{fmt(b['mean_abs_error'], 1)} ({fmt(b['worst_error'], 0)})", "-", "-"])
+    for key, label in (("other_models_prompt_mean", "each answer rated at the other models' mean rating of its prompt"),
+                       ("without_length_lp", "the same judge fitted without the length and log-probability features")):
+        if key in v:
+            b = v[key]
+            rows.append([label, f"{fmt(b['mean_abs_error'], 1)} ({fmt(b['worst_error'], 0)})",
+                         *(fmt(b["spearman"][c]) for c in CATEGORIES)])
+    if not rows:
+        return []
+    j = v["judge"]
+    rows.insert(0, ["the judge", f"{fmt(j['mean_abs_error'], 1)} ({fmt(j['worst_error'], 0)})",
+                    *(fmt(j["spearman"][c]) for c in CATEGORIES)])
+    return [table(["held out the same way", "Table 1 cell error, points: mean (worst)", "Spearman, harmful",
+                   "Spearman, helpful"], rows), ""]
 
 
 def agreement_markdown(card: dict) -> list[str]:
@@ -244,3 +293,42 @@ def write_card(card: dict, out: str | Path) -> Path:
     atomic_write_json(out / "judge.json", card)
     atomic_write_text(out / "judge.md", card_markdown(card))
     return out
+
+
+# --------------------------------------------------------------------------- the README's record of a judge
+
+# the judges to beat that rank answers (a category's mean or a model's rate ranks nothing)
+RANKING_BASELINES = ("other_models_prompt_mean", "without_length_lp")
+
+
+def record_tables(validation: dict) -> list[str]:
+    """A distilled judge's validation as the README's two tables (the judge, and the judges it must
+    beat), so that a check can find them there word for word."""
+    def pair(d: dict, key: str, places: int = 2) -> str:
+        return " / ".join(fmt(d[key][c], places) for c in CATEGORIES)
+
+    rows, beaten = [], []
+    for scheme, v in validation.items():
+        j, d, f = v["judge"], v["judge"]["difference_error"], v["judge"]["findings"]["rule"]
+        name = f"{scheme.replace('_', ' ').replace('leave', 'leaving')} ({v['folds']} folds)"
+        rows.append([name, f"{fmt(j['mean_abs_error'], 1)} ({fmt(j['worst_error'], 0)})", pair(j, "spearman"),
+                     pair(j, "kendall"), pair(j, "kappa"),
+                     f"{fmt(d['HmR'], 0)}, {fmt(d['HpR'], 0)}; {fmt(d['mean_reward_harmful'])}, "
+                     f"{fmt(d['mean_reward_helpful'])}",
+                     f"{f['false']} / {f['reversed']} / {f['missed']} of {f['comparisons']} "
+                     f"({f['supported_by_reference']} real)", pair(j["length"], "judge")])
+        for key, label in (("category_mean", "each answer at its category's mean"),
+                           ("other_models_mean_rate", "each model's rate at the other models' mean rate"),
+                           ("other_models_prompt_mean", "each answer at the other models' mean rating of its prompt"),
+                           ("without_length_lp", "the judge without its length and log-probability features")):
+            if key in v:
+                b = v[key]
+                beaten.append([f"{label}, {name}", f"{fmt(b['mean_abs_error'], 1)} ({fmt(b['worst_error'], 0)})",
+                               pair(b, "spearman") if key in RANKING_BASELINES else "-"])
+    return [table(["validation", "Table 1 cell error, points: mean (worst)", "Spearman, harmful / helpful", "Kendall",
+                   "Cohen's kappa on the decisions",
+                   "error on a difference (95th percentile over resampled prompts): HmR, HpR points; mean reward, "
+                   "harmful, helpful", "false / reversed / missed findings on the reference pairs",
+                   "Spearman with answer length"], rows),
+            table(["a judge to beat", "Table 1 cell error, points: mean (worst)", "Spearman, harmful / helpful"],
+                  beaten)]

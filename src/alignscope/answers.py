@@ -4,7 +4,9 @@
 response, ...}); `score` adds a `rating` to each answer under the same name;
 `report` reads them back. The model with the lowest index is the base. Every
 stage reads through this module, so a file that is short, repeats a prompt or
-collides with another file's model is refused with its name, never half-read.
+collides with another file's model is refused with its name, never half-read; so is
+a file that looks like an answer file but is misnamed (it would drop a model), and a
+folder that `score` began and did not finish.
 """
 
 from __future__ import annotations
@@ -16,14 +18,50 @@ from pathlib import Path
 
 import numpy as np
 
-from alignscope.io import InputError, read_json
+from alignscope.io import NAME_PATTERN, InputError, check_name, excerpt, read_json
 
 CATEGORIES = ("harmful", "helpful")
-ANSWER_FILE = re.compile(r"^(\d+)_(.+)_(harmful|helpful)\.json$")
+ANSWER_FILE = re.compile(rf"^(\d+)_({NAME_PATTERN})_(harmful|helpful)\.json$")
+# A suite's answers (XSTest, a prompt file): one file per model, each answer with its category.
+SUITE_FILE = re.compile(rf"^(\d+)_({NAME_PATTERN})_suite-({NAME_PATTERN})\.json$")
+# The answer files a folder may hold, as (pattern, what its name should look like).
+ANSWER_PATTERNS = [(ANSWER_FILE, "<i>_<model>_<harmful|helpful>.json"), (SUITE_FILE, "<i>_<model>_suite-<suite>.json")]
+# What else alignscope writes beside them.
+OTHER_FILES = re.compile(rf"^\d+_{NAME_PATTERN}_generation\.json$")
+# A name like these is taken for an answer file someone misnamed: reading on without it drops a model.
+LOOKS_LIKE_ANSWERS = re.compile(r"^-?\d+_.*\.json$|harmful|helpful", re.IGNORECASE)
+SCORING_RECORD = "scoring.json"
+# Sums and variances of larger ratings overflow a float; no judge's scale comes near.
+MAX_ABS_RATING = 1e12
 
 
 def answer_filename(index: int, model: str, category: str) -> str:
-    return f"{index}_{model}_{category}.json"
+    check_index(index)
+    return f"{index}_{check_name(model, 'model name')}_{category}.json"
+
+
+def check_index(index) -> int:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise InputError(f"index: {index!r} is not a whole number >= 0 (the lowest index is the base)")
+    return index
+
+
+def suite_filename(index: int, model: str, suite: str) -> str:
+    check_index(index)
+    return f"{index}_{check_name(model, 'model name')}_suite-{check_name(suite, 'suite name')}.json"
+
+
+def read_suite_answers(path: Path) -> list[dict]:
+    """A suite's answers: {id, prompt, response, category, ...} each, ids unique."""
+    doc = read_answers(path)
+    seen = set()
+    for i, item in enumerate(doc):
+        if not isinstance(item.get("category"), str) or "id" not in item:
+            raise InputError(f"{path}: item {i}: a suite answer needs an 'id' and a string 'category'")
+        if item["id"] in seen:
+            raise InputError(f"{path}: item {i}: id {item['id']!r} appears twice")
+        seen.add(item["id"])
+    return doc
 
 
 def generation_filename(index: int, model: str) -> str:
@@ -63,17 +101,50 @@ def parse_name(path: Path) -> AnswerFile | None:
     return AnswerFile(path, int(m.group(1)), m.group(2), m.group(3)) if m else None
 
 
-def answer_files(folder: str | Path) -> list[AnswerFile]:
-    """Every answer file of a folder, refusing two files for one model and category, and
-    two models under one index: either would silently drop or reorder a model."""
+def answer_files(folder: str | Path, strict: bool = True) -> list[AnswerFile]:
+    """Every answer file of a folder, refusing two files for one model and category, two models
+    under one index, and (unless not `strict`) misnamed files: each would silently drop or reorder
+    a model."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder of answer files")
+    check_finished(folder)
     found = [f for f in map(parse_name, sorted(folder.glob("*.json"))) if f]
+    misnamed = misnamed_files(folder)
+    if misnamed and strict:
+        raise InputError(f"{folder}: {len(misnamed)} file{'s' if len(misnamed) > 1 else ''} look like answer files "
+                         f"but are not named {ANSWER_PATTERNS[0][1]} (model names match {NAME_PATTERN}, indices "
+                         f"are >= 0): {', '.join(p.name for p in misnamed)}; rename them, or pass --no-strict "
+                         "to leave them out")
     if not found:
         raise InputError(f"{folder}: no files named <i>_<model>_<harmful|helpful>.json")
     check_names(found)
     return sorted(found, key=lambda f: (f.index, f.model, f.category))
+
+
+def misnamed_files(folder: Path) -> list[Path]:
+    """Files that look like answer files (a .json of any case with a leading index or naming a category)
+    but match no answer-file pattern: each would silently drop a model."""
+    return [p for p in sorted(folder.iterdir())
+            if LOOKS_LIKE_ANSWERS.search(p.name) and p.suffix.lower() == ".json" and p.is_file()
+            and not any(pattern.match(p.name) for pattern, _ in ANSWER_PATTERNS) and not OTHER_FILES.match(p.name)]
+
+
+def check_finished(folder: Path) -> None:
+    """`score` marks its folder unfinished first and finished last: refuse one it began and did not
+    finish, naming what is missing. A folder without its record (the user's own rated files) is read."""
+    record = folder / SCORING_RECORD
+    if not record.is_file():
+        return
+    doc = read_json(record)
+    if not isinstance(doc, dict):
+        raise InputError(f"{record}: expected an object (the scoring record)")
+    files = doc.get("files") if isinstance(doc.get("files"), list) else []
+    missing = [name for name in files if not (folder / str(name)).is_file()]
+    if doc.get("complete") is False or missing:
+        raise InputError(f"{folder}: `alignscope score` began this folder and did not finish ({SCORING_RECORD} "
+                         f"says so); missing: {', '.join(map(str, missing)) or 'its final record'}. Rerun "
+                         "`alignscope score`")
 
 
 def check_names(files: list[AnswerFile]) -> None:
@@ -109,8 +180,10 @@ def read_answers(path: Path, need_rating: bool = False) -> list[dict]:
                 raise InputError(f"{path}: item {i}: {key!r} must be a string")
         if need_rating:
             rating = item.get("rating")
-            if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating):
-                raise InputError(f"{path}: item {i}: 'rating' must be a finite number, got {rating!r}")
+            if (isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating)
+                    or abs(rating) > MAX_ABS_RATING):
+                raise InputError(f"{path}: item {i}: 'rating' must be a finite number within +-{MAX_ABS_RATING:g}, "
+                                 f"got {excerpt(rating)}")
     return doc
 
 
@@ -119,9 +192,9 @@ def parse_rated_list(doc: list[dict]) -> list[RatedAnswer]:
                         item.get("stop") if isinstance(item.get("stop"), str) else None) for item in doc]
 
 
-def load_rated_dir(folder: str | Path) -> list[RatedModel]:
+def load_rated_dir(folder: str | Path, strict: bool = True) -> list[RatedModel]:
     """Models in index order (the first is the base) from `<i>_<model>_<harmful|helpful>.json`."""
-    return load_rated_files([f.path for f in answer_files(folder)])
+    return load_rated_files([f.path for f in answer_files(folder, strict)])
 
 
 def load_rated_files(paths: list[Path]) -> list[RatedModel]:

@@ -20,14 +20,19 @@ from typing import Annotated, Literal, Optional
 import typer
 
 from alignscope.agreement import AgreementConfig, judge_agreement, write_card
-from alignscope.answers import load_rated_dir
+from alignscope.answers import SUITE_FILE, check_index, load_rated_dir, misnamed_files, read_suite_answers
 from alignscope.cache import ResultCache
 from alignscope.config import ConfigError, config_problems, field_docs, load_yaml
 from alignscope.data import DataConfig, load_pairs, summary_text
 from alignscope.distill import DistillConfig, train_judge
 from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
+from alignscope.refusal import classify_answer_sets, load_refusals
+from alignscope.refusal.card import RefusalCardConfig, refusal_card, write_refusal_card
+from alignscope.refusal.classifier import RefusalTrainConfig, train_refusal_classifier
+from alignscope.refusal.labelled import read_answer_records
+from alignscope.suites import SuiteConfig
 from alignscope.generate import GenerateConfig, answer_evalset, write_answer_files
-from alignscope.io import InputError, atomic_write_json
+from alignscope.io import InputError, atomic_write_json, check_name, check_output_dir
 from alignscope.markdown import fmt
 from alignscope.metrics import MetricsConfig
 from alignscope.models import cache_dir
@@ -121,11 +126,18 @@ def config_options(param: str, cls: type, *, skip: tuple = (), rename: dict | No
     return wrap
 
 
+def output_path(value: str) -> Path:
+    """An output path as typed: an empty one would otherwise become the current folder."""
+    if not value.strip():
+        raise typer.BadParameter("is empty; name the file or folder to write (. for the current folder)")
+    return Path(value)
+
+
 # --------------------------------------------------------------------------- commands
 
 @app.command("data")
 @config_options("cfg", DataConfig, rename={"source": "data"})
-def data_cmd(cfg: DataConfig, out: Annotated[Optional[Path], typer.Option(help="Write the data summary JSON here.")] = None):
+def data_cmd(cfg: DataConfig, out: Annotated[Optional[Path], typer.Option(help="Write the data summary JSON here.", parser=output_path)] = None):
     """Load HH-RLHF pairs, split them into prompt / chosen / rejected, and summarise what was read."""
     loaded = load_pairs(cfg)
     typer.echo(summary_text(loaded.summary))
@@ -137,11 +149,17 @@ def data_cmd(cfg: DataConfig, out: Annotated[Optional[Path], typer.Option(help="
 @app.command("evalset")
 @config_options("cfg", EvalsetConfig)
 def evalset_cmd(cfg: EvalsetConfig,
-                out: Annotated[Path, typer.Option(help="Where to write the evaluation set JSON.")]):
+                out: Annotated[Path, typer.Option(help="Where to write the evaluation set JSON.", parser=output_path)],
+                xstest: Annotated[Optional[str], typer.Option(help="Add XSTest as a suite: `hub` or its folder / xstest_prompts.csv.")] = None,
+                xstest_per_category: Annotated[Optional[int], typer.Option(help="A seeded sample of this many safe and this many unsafe XSTest prompts, stratified by type.")] = None):
     """Build the evaluation set as the reference study did (seed 100 + --format paper gives its prompts)."""
+    if xstest:
+        cfg = dataclasses.replace(cfg, suites=[SuiteConfig("xstest", source=xstest, per_category=xstest_per_category,
+                                                           seed=cfg.seed)])
     evalset = build_evalset(cfg)
     write_evalset(evalset, out)
-    typer.echo(f"{len(evalset['harmful'])} harmful + {len(evalset['helpful'])} helpful prompts "
+    suites = "".join(f" + {len(s['items'])} {name} prompts" for name, s in evalset.get("suites", {}).items())
+    typer.echo(f"{len(evalset['harmful'])} harmful + {len(evalset['helpful'])} helpful prompts{suites} "
                f"({cfg.format} format) written to {out}")
 
 
@@ -161,17 +179,58 @@ def parse_retention(items: list[str] | None) -> list[list[str]] | None:
 def report_cmd(
     metrics_cfg: MetricsConfig, report_cfg: ReportConfig,
     rated: Annotated[Path, typer.Option(help="Folder of <i>_<model>_<harmful|helpful>.json rated answers; the first model is the base.")],
-    out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and figures/.")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json, report.md and figures/.", parser=output_path)],
     retention: Annotated[Optional[list[str]], typer.Option(help="before:after model pair; repeat for more. Default: base to every model, and sft to sftdpo.")] = None,
+    refusals: Annotated[Optional[str], typer.Option(help="Refusal measure: patterns (default), xstest-prefix, or a folder from train-refusal.")] = None,
+    suite_answers: Annotated[Optional[Path], typer.Option(help="Folder of <i>_<model>_suite-<name>.json answers (XSTest, prompt files); default: --rated.")] = None,
+    strict: Annotated[bool, typer.Option(help="Refuse files that look like answer files but are misnamed; --no-strict leaves them out and lists them.")] = True,
 ):
     """Turn rated answers into metrics.json and report.md: the study's tables with intervals and paired tests."""
     metrics_cfg = dataclasses.replace(metrics_cfg, retention_pairs=parse_retention(retention))
-    models = load_rated_dir(rated)
+    check_output_dir(out)
+    models = load_rated_dir(rated, strict)
     notes = list(report_cfg.notes) + [f"Rated answers: `{rated}` ({len(models)} models; base: {models[0].name})."]
-    metrics = write_report(models, out, metrics_cfg, dataclasses.replace(report_cfg, notes=notes))
+    left_out = [p.name for p in misnamed_files(rated)]
+    if left_out:
+        typer.echo(f"left out (misnamed, --no-strict): {', '.join(left_out)}", err=True)
+        notes.append(f"Left out as misnamed (--no-strict): {', '.join(f'`{n}`' for n in left_out)}.")
+    suites, decisions = suite_files(suite_answers or rated, [m.name for m in models]), None
+    if refusals or suites:
+        measure = load_refusals(refusals or "patterns")
+        sets = {(m.name, c): [{"prompt": a.prompt, "response": a.response} for a in m.answers[c]]
+                for m in models for c in ("harmful", "helpful")}
+        sets |= {(model, "suite", name): answers for name, by_model in suites.items()
+                 for model, answers in by_model.items()}
+        decided = classify_answer_sets(measure, sets)
+        decisions = {"measure": measure.describe(),
+                     "flags": {m.name: {c: decided[m.name, c] for c in ("harmful", "helpful")} for m in models}}
+        suites = {name: {"kind": next(iter(by_model.values()))[0].get("suite_kind", "prompts"),
+                         "answers": {model: [a | {"refused": r} for a, r in zip(answers, decided[model, "suite", name])]
+                                     for model, answers in by_model.items()}} for name, by_model in suites.items()}
+    metrics = write_report(models, out, metrics_cfg, dataclasses.replace(report_cfg, notes=notes),
+                           refusals=decisions, suites=suites or None)
     for name, m in metrics["models"].items():
         typer.echo(f"{name:>10}: HmR {m['HmR']:5.1f}  HpR {m['HpR']:5.1f}  CAS {m['CAS']:5.1f}")
     typer.echo(f"report: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}")
+
+
+def suite_files(folder: Path, models: list[str]) -> dict[str, dict[str, list[dict]]]:
+    """{suite: {model: answers}} from `<i>_<model>_suite-<suite>.json`; every model must have each suite."""
+    found: dict[str, dict[str, list[dict]]] = {}
+    for path in sorted(Path(folder).glob("*_suite-*.json")):
+        m = SUITE_FILE.match(path.name)
+        if not m:
+            continue
+        if m.group(2) not in models:
+            raise InputError(f"{path}: suite answers of {m.group(2)!r}, a model with no rated answers "
+                             f"(models: {', '.join(models)})")
+        found.setdefault(m.group(3), {})[m.group(2)] = read_suite_answers(path)
+    for suite, by_model in found.items():
+        missing = [n for n in models if n not in by_model]
+        if missing:
+            raise InputError(f"{folder}: suite {suite!r} has no answers of {', '.join(missing)}")
+        found[suite] = {n: by_model[n] for n in models}
+    return found
 
 
 OVERRIDES = Annotated[Optional[list[str]], typer.Argument(help="key=value overrides, e.g. training.learning_rate=1e-5 output_dir=runs/x")]
@@ -214,7 +273,7 @@ def generate_cmd(
     cfg: GenerateConfig,
     model: Annotated[str, typer.Option(help="Hub id, model folder, or packaged name (gemma-3-270m, smollm2-135m-instruct).")],
     evalset: Annotated[Path, typer.Option(help="Evaluation set JSON from `alignscope evalset`.")],
-    out: Annotated[Path, typer.Option(help="Folder for <index>_<name>_<harmful|helpful>.json answers.")],
+    out: Annotated[Path, typer.Option(help="Folder for <index>_<name>_<harmful|helpful>.json answers.", parser=output_path)],
     name: Annotated[Optional[str], typer.Option(help="Model name in the file names (default: the model's folder or id name).")] = None,
     index: Annotated[int, typer.Option(help="Order among models; the report takes the lowest as the base.")] = 1,
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of the model.")] = None,
@@ -222,12 +281,14 @@ def generate_cmd(
     allow_pickle: bool = False,
 ):
     """Greedy answers to an evaluation set, batched and cached."""
+    name = check_name(name or Path(model.rstrip("/")).name.replace("_", "-"), "--name")
+    check_index(index)
+    check_output_dir(out)
     doc = load_evalset(evalset)
     bar, tick = progress(len(doc["harmful"]) + len(doc["helpful"]), "generating")
     answers, info = answer_evalset(model, doc, cfg, result_cache("generations", cache), allow_pickle, revision,
                                    progress=tick)
     bar.close()
-    name = name or Path(model.rstrip("/")).name.replace("_", "-")
     write_answer_files(out, index, name, answers, info)
     typer.echo(f"{info['answers']} answers ({info['computed']} computed, {info['cached']} from the cache) "
                f"in {info['seconds']} s; stopped: {info['stopped']}; empty: {info['empty']}")
@@ -239,7 +300,7 @@ def generate_cmd(
 def score_cmd(
     cfg: ScoreConfig,
     answers: Annotated[Path, typer.Option(help="Folder of <i>_<model>_<harmful|helpful>.json answers.")],
-    out: Annotated[Path, typer.Option(help="Folder for the rated files `alignscope report` reads.")],
+    out: Annotated[Path, typer.Option(help="Folder for the rated files `alignscope report` reads.", parser=output_path)],
     cache: Annotated[bool, typer.Option(help="Reuse and store ratings in the cache.")] = True,
 ):
     """Rate answers with a judge (a reward model or a distilled judge), batched and cached."""
@@ -289,7 +350,7 @@ def judge_agreement_cmd(
     cache: Annotated[bool, typer.Option(help="Reuse and store ratings in the cache.")] = True,
 ):
     """Rate a reference judge's answers with another judge and measure their agreement: the judge card."""
-    out = Path(where.out)
+    out = check_output_dir(where.out)
     card = judge_agreement(cfg, where.rated, metrics_cfg, where.reference_judge, result_cache("scores", cache))
     write_card(card, out)
     cats, errors = card["categories"], card["errors"]
@@ -298,6 +359,49 @@ def judge_agreement_cmd(
                f"{errors['judge']['worst']:.0f}); after a monotone map {errors['mapped']['mean_abs']:.1f} "
                f"(worst {errors['mapped']['worst']:.0f})")
     typer.echo(f"card: {out / 'judge.md'}")
+
+
+@app.command("train-refusal")
+@config_options("cfg", RefusalTrainConfig, rename={"output_dir": "out", "penalties": "penalty"})
+def train_refusal_cmd(cfg: RefusalTrainConfig):
+    """Learn a refusal classifier from labelled answers (XSTest's completion CSVs, answer files with a `refused`
+    label); validates it leaving each model out, whole and cut to the study's answer length."""
+    record = train_refusal_classifier(cfg)
+    typer.echo(f"trained on {', '.join(t['model'] for t in record['trained_on'])}; penalty C = "
+               f"{record['chosen_penalty']:g} (inner cross-validation)")
+    typer.echo(f"classifier: {cfg.output_dir}  (alignscope refusal-card --refusals {cfg.output_dir} --labelled ...)")
+
+
+@app.command("refusal-card")
+@config_options("cfg", RefusalCardConfig)
+def refusal_card_cmd(
+    cfg: RefusalCardConfig,
+    labelled: Annotated[list[Path], typer.Option(help="Labelled answers: XSTest completion CSVs, answer files with `refused`; repeat.")],
+    out: Annotated[Path, typer.Option(help="Folder for refusal-card.json and refusal-card.md.")],
+):
+    """Measure a refusal classifier against answers people labelled: accuracy, kappa, recall, precision per file
+    and pooled, whole and cut, with XSTest's prefix baseline beside it."""
+    card = refusal_card(cfg, [str(p) for p in labelled])
+    write_refusal_card(card, out)
+    for form in ("whole", "cut"):
+        m, b = card["pooled"]["measure"][form], card["pooled"]["baseline"][form]
+        typer.echo(f"{form:>5}: kappa {fmt(m['kappa'], 2)} (baseline {fmt(b['kappa'], 2)}), accuracy "
+                   f"{100 * m['accuracy']:.1f}%, n {m['n']}")
+    typer.echo(f"card: {out / 'refusal-card.md'}")
+
+
+@app.command("classify-refusals")
+def classify_refusals_cmd(
+    answers: Annotated[Path, typer.Option(help="XSTest completion CSV, or a JSON list of {prompt, response}.")],
+    out: Annotated[Path, typer.Option(help="JSON file: one record per answer, in input order, with `refused`.")],
+    refusals: Annotated[str, typer.Option(help="patterns, xstest-prefix, or a folder from train-refusal.")] = "patterns",
+):
+    """Decide for each answer whether it refuses."""
+    records = read_answer_records(answers)
+    measure = load_refusals(refusals)
+    decided = classify_answer_sets(measure, {"all": records})["all"]
+    atomic_write_json(out, [r | {"refused": d} for r, d in zip(records, decided)])
+    typer.echo(f"{sum(decided)} of {len(records)} answers refuse ({measure.name}); written to {out}")
 
 
 @app.command("study", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

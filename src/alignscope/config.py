@@ -2,7 +2,9 @@
 
 Validation is pydantic's (unknown keys, wrong types, missing fields, all
 reported at once); this module only points each problem at its YAML line and
-suggests the key that was probably meant.
+suggests the key that was probably meant. YAML itself is read with bounds: a
+document whose aliases expand past MAX_YAML_NODES values (an alias bomb) and a
+mapping that repeats a key are refused before anything is built from them.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
-from alignscope.io import InputError
+from alignscope.io import InputError, excerpt
 
 T = TypeVar("T")
 # unknown keys are errors; so are NaN and infinity, which no setting of ours means
 _STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+# Values in a config with its aliases expanded: a study config has a few hundred.
+MAX_YAML_NODES = 100_000
 
 
 class ConfigError(InputError):
@@ -61,8 +65,7 @@ def load_yaml(path: str | Path) -> tuple[dict, yaml.Node | None]:
         raise InputError(f"{path}: config file not found")
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
-        node = yaml.compose(text)
+        data, node = bounded_yaml(text, str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark else ""
@@ -72,6 +75,42 @@ def load_yaml(path: str | Path) -> tuple[dict, yaml.Node | None]:
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of keys to values at the top level")
     return data, node
+
+
+def bounded_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """The document and its node tree, refusing repeated keys and aliases that expand past
+    MAX_YAML_NODES. Composing is cheap (an alias is one shared node); the bound is checked on
+    the nodes, before any value is built, formatted or validated."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = 1  # a node that contains itself counts once
+        children = ([c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else
+                    n.value if isinstance(n, yaml.SequenceNode) else [])
+        if isinstance(n, yaml.MappingNode):
+            seen: dict[tuple, int] = {}
+            for key, _ in n.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if (key.tag, key.value) in seen:
+                        first = seen[key.tag, key.value]
+                        raise InputError(f"{source}, line {key.start_mark.line + 1}: key {excerpt(key.value)} is "
+                                         f"given twice in one mapping (first on line {first}); keep one")
+                    seen[key.tag, key.value] = key.start_mark.line + 1
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                break
+        sizes[id(n)] = total
+        return total
+
+    if node is not None and size(node) > MAX_YAML_NODES:
+        raise InputError(f"{source}: more than {MAX_YAML_NODES} values once its aliases (*name) are expanded; "
+                         "refused (an alias bomb would take the machine's memory)")
+    return yaml.safe_load(text), node
 
 
 def line_of(node: yaml.Node | None, loc: tuple) -> int | None:
@@ -112,7 +151,7 @@ def _describe(err: dict, cls: type, loc: tuple) -> str:
     if kind == "missing" or kind == "missing_argument":
         return "missing; this field is required"
     got = err.get("input")
-    got_text = f", got {got!r}" if not isinstance(got, dict) and got is not None else ""
+    got_text = f", got {excerpt(got)}" if not isinstance(got, dict) and got is not None else ""
     return f"{err['msg'].lower()}{got_text}"
 
 
@@ -222,7 +261,7 @@ def parse_override_value(item: str, raw: str) -> Any:
     if not raw:
         return None
     try:
-        return yaml.safe_load(raw)
+        return bounded_yaml(raw, f"override {item!r}")[0]
     except yaml.constructor.ConstructorError as e:
         raise InputError(f"override {item!r}: {e.problem}; values are plain YAML (numbers, strings, lists, "
                          "mappings), and tags such as !!python are not allowed") from None

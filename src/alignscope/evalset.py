@@ -21,8 +21,11 @@ from alignscope import __version__
 from alignscope.config import validated
 from alignscope.data import HHPair, Split, Subset, load_subset, paper_prompt
 from alignscope.io import InputError, atomic_write_json, read_json
+from alignscope.suites import SuiteConfig, check_suite_name, load_suite
 
 PromptFormat = Literal["paper", "hh", "chat"]
+# What an evaluation set file holds: a prompt under any other key would never be answered.
+EVALSET_KEYS = ("harmful", "helpful", "provenance", "suites")
 
 
 @dataclass
@@ -45,6 +48,8 @@ class EvalsetConfig:
     helpful_subset: Subset = "helpful-base"
     split: Split = "test"
     revision: str | None = None
+    suites: list[SuiteConfig] = field(default_factory=list)
+    """Further suites asked beside the HH sample (XSTest, a prompt file), each in this prompt format."""
 
 
 def format_prompt(pair: HHPair, fmt: PromptFormat) -> str:
@@ -53,6 +58,25 @@ def format_prompt(pair: HHPair, fmt: PromptFormat) -> str:
     if fmt in ("hh", "chat"):  # a chat prompt is rendered per model, when it is answered
         return pair.prompt
     raise InputError(f"format: expected 'paper', 'hh' or 'chat', got {fmt!r}")
+
+
+def single_turn_prompt(text: str, fmt: PromptFormat) -> str:
+    """A suite's one-turn prompt in the evaluation set's format (the HH sample's own turns)."""
+    return f"\n\nHuman: {text}" + ("" if fmt == "paper" else "\n\nAssistant:")
+
+
+def build_suites(cfg: EvalsetConfig) -> dict:
+    names = [s.name for s in cfg.suites]
+    if len(set(names)) != len(names):
+        raise InputError(f"evalset.suites: names must differ, got {names}")
+    suites = {}
+    for suite in cfg.suites:
+        rows, info = load_suite(suite)
+        suites[suite.name] = {"kind": suite.kind, "provenance": info,
+                              "items": [{"id": r["id"], "prompt": single_turn_prompt(r["text"], cfg.format),
+                                         "category": r["category"]} | ({"type": r["type"]} if r["type"] else {})
+                                        for r in rows]}
+    return suites
 
 
 def _sample(rng: random.Random, rows: list[HHPair], n: int, what: str) -> list[HHPair]:
@@ -88,11 +112,12 @@ def build_evalset(cfg: EvalsetConfig) -> dict:
                   for info in (harmless_info, helpful_info)],
         "keyword_matches": len(matching),
     }
+    suites = build_suites(cfg)  # before anything is returned: a bad suite fails the whole set
     return {
         "harmful": [{"id": p.id, "prompt": format_prompt(p, cfg.format)} for p in harmful_rows],
         "helpful": [{"id": p.id, "prompt": format_prompt(p, cfg.format)} for p in helpful_rows],
         "provenance": provenance,
-    }
+    } | ({"suites": suites} if suites else {})
 
 
 def write_evalset(evalset: dict, out: str | Path) -> Path:
@@ -103,6 +128,10 @@ def load_evalset(path: str | Path) -> dict:
     doc = read_json(path)
     if not isinstance(doc, dict):
         raise InputError(f"{path}: expected an object with 'harmful' and 'helpful' lists")
+    unknown = [k for k in doc if k not in EVALSET_KEYS]
+    if unknown:
+        raise InputError(f"{path}: unknown categor{'ies' if len(unknown) > 1 else 'y'} {', '.join(map(repr, unknown))}; "
+                         f"an evaluation set holds {', '.join(EVALSET_KEYS)} only")
     for cat in ("harmful", "helpful"):
         items = doc.get(cat)
         if not isinstance(items, list):
@@ -110,4 +139,23 @@ def load_evalset(path: str | Path) -> dict:
         for i, item in enumerate(items):
             if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) or "id" not in item:
                 raise InputError(f"{path}: {cat}[{i}] must be an object with string 'prompt' and an 'id'")
+        first = {}
+        for i, item in enumerate(items):
+            j = first.setdefault(item["prompt"], i)
+            if j != i:
+                raise InputError(f"{path}: {cat}[{i}] repeats the prompt of {cat}[{j}] ({item['prompt'][:60]!r}); "
+                                 "each prompt is answered once, and the report pairs answers by prompt")
+    suites = doc.get("suites", {})
+    if not isinstance(suites, dict):
+        raise InputError(f"{path}: 'suites' must map suite names to {{'kind', 'items'}}")
+    for name, suite in suites.items():
+        check_suite_name(name, f"{path}: suites")
+        items = suite.get("items") if isinstance(suite, dict) else None
+        if not isinstance(items, list) or not items:
+            raise InputError(f"{path}: suites.{name}.items must be a non-empty list")
+        for i, item in enumerate(items):
+            if not (isinstance(item, dict) and isinstance(item.get("prompt"), str) and "id" in item
+                    and isinstance(item.get("category"), str)):
+                raise InputError(f"{path}: suites.{name}.items[{i}] must have an 'id', a string 'prompt' and a "
+                                 "string 'category'")
     return doc

@@ -16,17 +16,17 @@ can go either way.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field
 
-from alignscope.answers import CATEGORIES, answer_filename, generation_filename
+from alignscope.answers import CATEGORIES, answer_filename, generation_filename, suite_filename
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
 from alignscope.data import dialogue_messages
-from alignscope.io import InputError, atomic_write_json, sha256_text
+from alignscope.io import InputError, atomic_write_json, check_name, sha256_text
 from alignscope.models import (chat_template, end_of_turn_ids, eos_token_ids, load_causal_lm, load_tokenizer,
                                model_fingerprint, resolve_model)
 
@@ -47,7 +47,7 @@ class GenerateConfig:
     max_group_tokens: Annotated[int, Field(ge=1)] = 131072
     """Cap on answers x padded prompt length in one decoding group: bounds the cache's memory."""
     stop_at_human_turn: bool | None = None
-    """Cut an answer at the next "\\n\\nHuman:" turn; default: on when prompts end with "Assistant:" (hh format)."""
+    """Cut an answer at the next "\\n\\nHuman:" turn; default: on for each prompt that ends with "Assistant:" (hh format)."""
     stop_strings: list[str] = field(default_factory=lambda: ["\n\nHuman:"])
     truncate_prompts: bool = False
     """Cut a prompt too long for the model's context from its start (recorded in each answer); else refuse it."""
@@ -72,10 +72,15 @@ class Answer:
         return out | ({"prompt_tokens_cut": self.prompt_tokens_cut} if self.prompt_tokens_cut else {})
 
 
-def stops_at_human_turn(cfg: GenerateConfig, prompts: list[str]) -> bool:
+def stops_at_human_turn(cfg: GenerateConfig, prompt: str) -> bool:
+    """Decided per prompt, so that one prompt in another format changes no other prompt's answer."""
     if cfg.stop_at_human_turn is not None:
         return cfg.stop_at_human_turn
-    return bool(prompts) and all(p.rstrip().endswith("Assistant:") for p in prompts)
+    return prompt.rstrip().endswith("Assistant:")
+
+
+def prompt_stops(cfg: GenerateConfig, prompt: str) -> list[str]:
+    return list(cfg.stop_strings) if stops_at_human_turn(cfg, prompt) else []
 
 
 def context_limit(model) -> int | None:
@@ -185,7 +190,8 @@ class Decoding:
     encoded: list[list[int]]
     """Each prompt's token ids."""
     cfg: GenerateConfig
-    stops: list[str]
+    stops: list[list[str]]
+    """Each prompt's stop strings."""
     eos: set[int]
     on_answer: Callable[[int, "Answer"], None]
     """Called with (prompt index, answer) as each answer finishes."""
@@ -216,8 +222,8 @@ def decode(run: Decoding, rows: list[int], prefilled: list, first_logits: list) 
             if not decoding[slot]:
                 continue
             generated[slot].append(token)
-            done = _finish(run.tokenizer, run.prompts[rows[slot]], generated[slot], run.eos, run.stops,
-                           cfg.max_new_tokens)
+            done = _finish(run.tokenizer, run.prompts[rows[slot]], generated[slot], run.eos,
+                           run.stops[rows[slot]], cfg.max_new_tokens)
             if done is not None:
                 decoding[slot] = False
                 run.on_answer(rows[slot], done)
@@ -258,7 +264,7 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig =
     cfg = validated(cfg, "generate")
     if not prompts:
         return []
-    stops = list(cfg.stop_strings) if stops_at_human_turn(cfg, prompts) else []
+    stops = [prompt_stops(cfg, p) for p in prompts]
     encoded, cut = encode_prompts(tokenizer, prompts, cfg, context_limit(model), names, special_tokens=not chat)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     eos = eos_token_ids(model, tokenizer) | (end_of_turn_ids(tokenizer) if chat else set())
@@ -316,7 +322,7 @@ def render_chat(tokenizer, prompts: list[str], model_name: str) -> tuple[list[st
                       "end_of_turn": tokenizer.convert_ids_to_tokens(sorted(end_of_turn_ids(tokenizer)))}
 
 
-def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig, stops: list[str]) -> list[Answer]:
+def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig) -> list[Answer]:
     """The same answers format from vLLM (GPU only). vLLM batches continuously, so in
     bf16 its answers may differ from the hf backend's near ties."""
     try:
@@ -328,8 +334,8 @@ def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig, stops
     if not torch.cuda.is_available():
         raise InputError("backend vllm needs a CUDA GPU; use backend: hf on this machine")
     llm = LLM(model=resolved, dtype="float32" if cfg.precision == "fp32" else "bfloat16", seed=0)
-    params = SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, stop=stops or None,
-                            skip_special_tokens=True)
+    params = [SamplingParams(temperature=0.0, max_tokens=cfg.max_new_tokens, stop=prompt_stops(cfg, p) or None,
+                             skip_special_tokens=True) for p in prompts]
     answers = []
     for prompt, result in zip(prompts, llm.generate(prompts, params, use_tqdm=False)):
         out = result.outputs[0]
@@ -360,14 +366,14 @@ def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = G
                          "prompts again and not stop at the template's end of turn)")
     if chat:
         prompts, chat_settings = render_chat(load_tokenizer(resolved, revision), prompts, model_spec)
-    stops = list(cfg.stop_strings) if stops_at_human_turn(cfg, prompts) else []
-    settings = settings_key(cfg, stops) | chat_settings
-    keys = [cache.key("generate", fingerprint, settings, p) for p in prompts]
+    # each prompt's own stopping rule is in its key: one prompt in another format leaves the others' entries valid
+    keys = [cache.key("generate", fingerprint, settings_key(cfg, prompt_stops(cfg, p)) | chat_settings, p)
+            for p in prompts]
 
     def compute(missing: list[int], store) -> None:
         todo = [prompts[i] for i in missing]
         if cfg.backend == "vllm":
-            for i, answer in zip(missing, _generate_vllm(resolved, todo, cfg, stops)):
+            for i, answer in zip(missing, _generate_vllm(resolved, todo, cfg)):
                 store(i, answer.payload())
             return
         if cfg.num_threads:
@@ -376,14 +382,15 @@ def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = G
         if torch.cuda.is_available():
             model = model.cuda()
         tokenizer = load_tokenizer(resolved, revision)
-        fixed = GenerateConfig(**{**asdict(cfg), "stop_at_human_turn": bool(stops)})
-        generate_answers(model, tokenizer, todo, fixed, progress=progress,
+        generate_answers(model, tokenizer, todo, cfg, progress=progress,
                          on_answer=lambda j, answer: store(missing[j], answer.payload()),
                          names=[names[i] for i in missing] if names else None, chat=chat)
 
     found, info = cached_map(cache, keys, compute, progress)
     answers = [Answer(p, f["response"], f["tokens"], f["stop"], f["token_ids"], f.get("prompt_tokens_cut", 0))
                for p, f in zip(given, found)]
+    settings = settings_key(cfg, list(cfg.stop_strings)) | chat_settings | {
+        "stop_strings_on": sum(stops_at_human_turn(cfg, p) for p in prompts)}  # prompts they applied to
     info = {"model": model_spec, "resolved": resolved, "revision": revision, "fingerprint": fingerprint,
             "settings": settings, **info, **summarize(answers)}
     return answers, info
@@ -392,30 +399,44 @@ def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = G
 def answer_evalset(model_spec: str, evalset: dict, cfg: GenerateConfig = GenerateConfig(),
                    cache: ResultCache | None = None, allow_pickle: bool = False, revision: str | None = None,
                    progress=None) -> tuple[dict, dict]:
-    """Answers to both halves of an evaluation set: {"harmful": [...], "helpful": [...]} of
-    {"id", "prompt", "response", "tokens", "stop"}, in the evaluation set's order. An evaluation
-    set in the chat format is rendered by the model's own chat template."""
-    items = [(cat, item) for cat in CATEGORIES for item in evalset[cat]]
+    """Answers to every prompt of an evaluation set, in its order: {"harmful": [...], "helpful":
+    [...]} of {"id", "prompt", "response", "tokens", "stop"}, and {"suites": {name: [...]}} with
+    each answer's category (and type) when the set has suites. An evaluation set in the chat format is
+    rendered by the model's own chat template."""
+    items = [(cat, None, item) for cat in CATEGORIES for item in evalset[cat]]
+    kinds = {name: suite["kind"] for name, suite in evalset.get("suites", {}).items()}
+    items += [(item["category"], name, item) for name, suite in evalset.get("suites", {}).items()
+              for item in suite["items"]]
     chat = (evalset.get("provenance") or {}).get("config", {}).get("format") == "chat"
-    answers, info = generate_cached(model_spec, [item["prompt"] for _, item in items], cfg, cache,
+    answers, info = generate_cached(model_spec, [item["prompt"] for _, _, item in items], cfg, cache,
                                     allow_pickle, revision, progress,
-                                    names=[f"{cat} prompt {item['id']}" for cat, item in items], chat=chat)
+                                    names=[f"{suite or ''}{' ' if suite else ''}{cat} prompt {item['id']}"
+                                           for cat, suite, item in items], chat=chat)
     out = {"harmful": [], "helpful": []}
-    for (cat, item), a in zip(items, answers):
-        out[cat].append({"id": item["id"], "prompt": item["prompt"], "response": a.response,
-                         "tokens": a.tokens, "stop": a.stop}
-                        | ({"prompt_tokens_cut": a.prompt_tokens_cut} if a.prompt_tokens_cut else {}))
+    for (cat, suite, item), a in zip(items, answers):
+        answer = ({"id": item["id"], "prompt": item["prompt"], "response": a.response, "tokens": a.tokens,
+                   "stop": a.stop} | ({"prompt_tokens_cut": a.prompt_tokens_cut} if a.prompt_tokens_cut else {}))
+        if suite is None:
+            out[cat].append(answer)
+        else:
+            extra = {"category": cat, "suite_kind": kinds[suite]} | ({"type": item["type"]} if "type" in item else {})
+            out.setdefault("suites", {}).setdefault(suite, []).append(answer | extra)
     return out, info
 
 
-def answer_files_of(folder: str | Path, index: int, name: str) -> list[Path]:
+def answer_files_of(folder: str | Path, index: int, name: str, suites: list[str] = ()) -> list[Path]:
     """The files `write_answer_files` writes for one model: what later stages read."""
-    return [Path(folder) / answer_filename(index, name, cat) for cat in CATEGORIES]
+    return ([Path(folder) / answer_filename(index, name, cat) for cat in CATEGORIES]
+            + [Path(folder) / suite_filename(index, name, suite) for suite in suites])
 
 
 def write_answer_files(folder: str | Path, index: int, name: str, answers: dict, info: dict) -> list[Path]:
-    """`<index>_<name>_<harmful|helpful>.json` (what `score` reads) and `<index>_<name>_generation.json`."""
-    paths = [atomic_write_json(path, answers[cat]) for path, cat in zip(answer_files_of(folder, index, name),
-                                                                       CATEGORIES)]
+    """`<index>_<name>_<harmful|helpful>.json` (what `score` reads), a `<index>_<name>_suite-<suite>.json`
+    per suite, and `<index>_<name>_generation.json`."""
+    check_name(name, "name")
+    suites = answers.get("suites", {})
+    paths = answer_files_of(folder, index, name, list(suites))
+    contents = [answers[cat] for cat in CATEGORIES] + list(suites.values())
+    paths = [atomic_write_json(path, content) for path, content in zip(paths, contents)]
     atomic_write_json(Path(folder) / generation_filename(index, name), info)
     return paths

@@ -1,16 +1,23 @@
-"""Small file helpers every stage shares: atomic writes and content hashes.
+"""Small file helpers every stage shares: atomic writes, content hashes, the name rule.
 
 An artifact is written to a temporary file (or folder) beside its target and
 renamed into place, so a run killed mid-write leaves either the old artifact or
 the new one, never half of one. Readers can therefore trust anything that exists.
+A folder swapped in whole carries a marker (its kind and the hash of each file),
+and only a folder whose marker checks out is ever replaced: anything else in its
+place is the user's, and is refused. A write the system refuses (a full disk, a
+read-only file system) is an InputError naming the path and the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import re
+import reprlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +26,39 @@ from typing import Any, Callable
 
 class InputError(ValueError):
     """Bad user input: the message names the file, line or field and what was expected."""
+
+
+# Names that become parts of file names (models, variants, suites): no separators, no
+# "..", nothing a markdown table or a shell would read as syntax.
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9.-]*"
+_NAME = re.compile(rf"^{NAME_PATTERN}$")
+FOLDER_MARKER = ".alignscope-folder.json"
+
+
+def check_name(value, what: str) -> str:
+    """`value` if it may be part of a file name, else an InputError naming `what` and the rule."""
+    if not isinstance(value, str) or not _NAME.match(value) or len(value) > 100:
+        raise InputError(f"{what}: {excerpt(value)} is not a name; names match {NAME_PATTERN} (letters, digits, "
+                         "'-' and '.', starting with a letter or digit; at most 100 characters)")
+    return value
+
+
+def excerpt(value) -> str:
+    """A bounded repr of a user's value for an error message, whatever its size."""
+    short = reprlib.Repr()  # Python 3.11's takes no arguments
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother, short.maxlong = 2, 4, 4, 60, 60, 40
+    return short.repr(value)
+
+
+@contextlib.contextmanager
+def reported_os_errors(path):
+    """An OSError while writing `path` (no space, read-only, no permission) as an InputError that names
+    the file and the system's reason, instead of a traceback."""
+    try:
+        yield
+    except OSError as e:
+        where = e.filename if isinstance(e.filename, str) else path
+        raise InputError(f"{where}: cannot write ({e.strerror or e})") from None
 
 
 def _umask() -> int:
@@ -45,18 +85,32 @@ def _check_target(path: Path) -> None:
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
-    """An output folder that exists or can be made: not a file, nor under one."""
+    """An output folder that exists or can be made, checked before any work: not empty, not a file nor
+    under one, and on a file system that takes writes."""
+    if not str(path):
+        raise InputError("an empty output folder was given; name the folder (use . for this one)")
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists() and not p.is_dir():
             raise InputError(f"{path}: cannot use as an output folder, {p} is a file")
+    existing = next(p for p in (path, *path.parents, Path(".")) if p.exists())
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise InputError(f"{path}: cannot write, {existing} is on a read-only file system")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{path}: cannot write, permission denied on {existing}")
     return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     _check_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with reported_os_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_then_rename(path, data)
+    return path
+
+
+def _write_then_rename(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp creates 0600; the file should get what a plain open() would give it
@@ -69,7 +123,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -85,20 +138,64 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, text + "\n")
 
 
-def atomic_folder(target: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Build a folder in a temporary sibling with `write(tmp)`, then swap it in whole."""
+def atomic_folder(target: str | os.PathLike, write: Callable[[Path], Any], kind: str,
+                  legacy_files: tuple[str, ...] = ()) -> Path:
+    """Build a folder of this `kind` in a temporary sibling with `write(tmp)`, mark it, then swap it in
+    whole. A folder already there is replaced only when it is one alignscope wrote (see `check_replaceable`).
+    A symlink to a folder stays a link: the folder it points to is the one replaced."""
     target = Path(target)
+    if target.is_symlink():
+        target = target.resolve()
     check_output_dir(target.parent)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-        write(tmp)
-        replace_folder(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    check_replaceable(target, kind, legacy_files)
+    with reported_os_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+            write(tmp)
+            atomic_write_json(tmp / FOLDER_MARKER, {"kind": kind, "files": folder_hashes(tmp)})
+            replace_folder(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return target
+
+
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` but the marker, by relative path."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != FOLDER_MARKER}
+
+
+def check_replaceable(target: Path, kind: str, legacy_files: tuple[str, ...] = ()) -> None:
+    """Refuse to replace `target` unless it is absent, empty, or carries alignscope's marker for
+    this kind and holds exactly the files the marker lists, unchanged: anything else may be
+    the user's, and replacing the folder would delete it. A folder written before folders were
+    marked passes if it holds nothing but files named in `legacy_files`."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise InputError(f"{target}: is a file; expected a folder ({kind}) to write")
+    if not any(target.iterdir()):
+        return
+    if legacy_files and not (target / FOLDER_MARKER).exists() and all(
+            p.is_file() and p.name in legacy_files for p in target.iterdir()):
+        return
+    why = None
+    try:
+        marker = json.loads((target / FOLDER_MARKER).read_text(encoding="utf-8"))
+        if not isinstance(marker, dict) or marker.get("kind") != kind:
+            why = f"its {FOLDER_MARKER} is not that of a {kind}"
+        elif marker.get("files") != folder_hashes(target):
+            extra = sorted(set(folder_hashes(target)) - set(marker.get("files") or {}))
+            why = (f"it holds files alignscope did not write there (e.g. {extra[0]})" if extra else
+                   "its files changed since alignscope wrote them")
+    except (OSError, ValueError):
+        why = f"it holds files but no {FOLDER_MARKER} that alignscope writes in each folder it makes"
+    if why:
+        raise InputError(f"{target}: would be replaced whole by a new {kind}, but {why}; "
+                         "choose a new or empty folder, or remove this one yourself")
 
 
 def replace_folder(tmp: Path, target: Path) -> None:

@@ -221,6 +221,17 @@ def feature_set(features: dict[str, np.ndarray], name: str, layers: int) -> np.n
     return np.hstack(states + [features["last"], features["lp"]])
 
 
+# feature_set ends every row with the answer's mean and lowest token log-probability and its length:
+# alignment moves exactly these (shorter answers, EOS endings), so a judge fitted without them checks
+# that a finding does not rest on them alone
+LENGTH_LP_FEATURES = 3
+BLIND_HEADS = "without_length_lp"
+
+
+def without_length_lp(x: np.ndarray) -> np.ndarray:
+    return x[:, :-LENGTH_LP_FEATURES]
+
+
 class DistilledJudge:
     """A folder written by `alignscope train-judge`: backbones, feature sets, and per category
     ridge heads whose average is the rating, on the reference judge's scale."""
@@ -249,12 +260,22 @@ class DistilledJudge:
         if categories is None or len(categories) != len(questions):
             raise InputError(f"{self.folder}: a distilled judge rates each answer by its category (harmful or "
                              "helpful); give one per answer")
+        ratings, _ = self.rate_checked(questions, answers, categories, progress)
+        return ratings, [0] * len(questions)
+
+    def rate_checked(self, questions: list[str], answers: list[str], categories: list[str],
+                     progress=None) -> tuple[list[float], list[float] | None]:
+        """Its ratings, and those of its heads fitted without the length and log-probability features
+        (None for a judge fitted before it had them), from one pass of the backbones."""
         sets = self.feature_matrices(questions, answers, progress)
-        ratings = np.zeros(len(questions))
+        blind = BLIND_HEADS in self.manifest
+        ratings, checks = np.zeros(len(questions)), np.zeros(len(questions))
         for cat in set(categories):
             rows = np.array([c == cat for c in categories])
             ratings[rows] = self.predict(sets, cat, rows)
-        return [float(x) for x in ratings], [0] * len(questions)
+            if blind:
+                checks[rows] = self.predict({k: without_length_lp(x) for k, x in sets.items()}, cat, rows, BLIND_HEADS)
+        return [float(x) for x in ratings], [float(x) for x in checks] if blind else None
 
     def feature_matrices(self, questions: list[str], answers: list[str], progress=None) -> dict:
         if self.extractors is None:  # loaded once, on first use: rating comes in chunks
@@ -267,14 +288,15 @@ class DistilledJudge:
                 sets[i, name] = feature_set(features, name, b["layers"])
         return sets
 
-    def predict(self, sets: dict, category: str, rows: np.ndarray) -> np.ndarray:
-        heads = self.manifest["heads"].get(category)
+    def predict(self, sets: dict, category: str, rows: np.ndarray, which: str = "heads") -> np.ndarray:
+        heads = self.manifest[which].get(category)
         if heads is None:
             raise InputError(f"{self.folder}: no head for category {category!r}")
+        prefix = "" if which == "heads" else f"{which}."
         preds = []
         for k, head in enumerate(heads):
             x = sets[head["backbone"], head["set"]][rows]
-            w = {n: self.heads[f"{category}.{k}.{n}"] for n in ("mean", "scale", "coef", "intercept")}
+            w = {n: self.heads[f"{prefix}{category}.{k}.{n}"] for n in ("mean", "scale", "coef", "intercept")}
             preds.append(((x - w["mean"]) / w["scale"]) @ w["coef"] + w["intercept"][0])
         return np.mean(preds, 0)
 

@@ -121,7 +121,7 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
             "converted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     # Swapped in whole: a concurrent converter's finished folder is replaced by an identical one.
-    return atomic_folder(target, write)
+    return atomic_folder(target, write, "converted model")
 
 
 def packaged_model_path(name: str) -> Path:

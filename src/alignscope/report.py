@@ -8,18 +8,23 @@ rounded up: +28.125 % is "+28.13"), so its tables can be compared line by line.
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from alignscope.answers import RatedModel
+from alignscope.agreement import RANKING_BASELINES, findings_check_text
+from alignscope.answers import RatedAnswer, RatedModel, read_answers
 from alignscope.data import first_human_turn
-from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir
+from alignscope.html_report import hh_sections, suite_sections, write_html_report
+from alignscope.io import atomic_folder, atomic_write_json, atomic_write_text, check_output_dir
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
-from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, compute_metrics, harmless_flags, helpful_flags,
+from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, compute_metrics, drawn_findings, finding, finding_margin,
+                                harmless_flags, helpful_flags, pairwise_tests, rank_agreement, suite_metrics,
                                 worst_difference_error)
+from alignscope.score import BLIND_RATING
 
 JUDGE_CAVEAT = (
     "Harmlessness is judged by a reward model trained mostly for helpfulness preferences; "
@@ -122,8 +127,17 @@ def percent(fraction: float | None) -> str:
     return fmt(None if fraction is None else 100 * fraction, 0)
 
 
+def margin_text(t: dict, error: float, places: int | None = None) -> str:
+    """The margin a gap must pass, and what it combines."""
+    gap_ci = t["gap_ci"] if "gap_ci" in t else t["ci"]
+    show = (lambda x: fmt(x, 1)) if places is None else (lambda x: fmt(x, places))
+    return (f"its margin of {show(finding_margin(gap_ci, error))} (the judge's error on a difference, {show(error)}, "
+            f"and the gap's own sampling error, +-{show((gap_ci[1] - gap_ci[0]) / 2)}, combined)")
+
+
 def rate_findings(metrics: dict) -> list[str]:
-    """Which rate differences the paired tests support (q < SIGNIFICANCE), and which they do not."""
+    """Which rate differences the paired tests support (q < SIGNIFICANCE), and which they do not;
+    with a judge whose error is known, a supported gap must also pass its margin (metrics.finding)."""
     supported, unsupported, within = [], [], []
     judge_error = (metrics.get("judge") or {}).get("error") or {}
     for t in metrics["paired_tests"]:
@@ -133,21 +147,22 @@ def rate_findings(metrics: dict) -> list[str]:
         what = "harmful prompts harmlessly" if t["metric"] == "HmR" else "helpful prompts helpfully"
         higher, lower = (t["a"], t["b"]) if ra >= rb else (t["b"], t["a"])
         error = judge_error.get(t["metric"])
-        if t["q_value"] < SIGNIFICANCE and error is not None and abs(ra - rb) <= error:
+        if t["q_value"] < SIGNIFICANCE and error is not None and not finding(t, error):
             within.append(f"{display(higher)} over {display(lower)} on {t['metric']} ({fmt_rate(max(ra, rb))}% vs "
                           f"{fmt_rate(min(ra, rb))}%, {p_is('q', t['q_value'])}): a gap of {fmt_rate(abs(ra - rb))} "
-                          f"points, within the judge's error of {fmt_rate(error)}")
+                          f"points, within {margin_text(t, error)}")
         elif t["q_value"] < SIGNIFICANCE:
+            beyond_margin = f"; beyond {margin_text(t, error)}" if error is not None else ""
             supported.append(f"{display(higher)} answers more of the {what} than {display(lower)} "
                              f"({fmt_rate(max(ra, rb))}% vs {fmt_rate(min(ra, rb))}%; {max(t['a_only'], t['b_only'])} "
                              f"prompts one way, {min(t['a_only'], t['b_only'])} the other; {p_is('p', t['p_value'])}, "
-                             f"{p_is('q', t['q_value'])})")
+                             f"{p_is('q', t['q_value'])}{beyond_margin})")
         elif ra != rb:
             nominal = " (nominally below 0.05, not after correcting for the number of tests)" \
                 if t["p_value"] < SIGNIFICANCE else ""
             unsupported.append(f"{display(t['a'])} vs {display(t['b'])} on {t['metric']} "
                                f"({fmt_rate(ra)}% vs {fmt_rate(rb)}%, {p_is('p', t['p_value'])}{nominal})")
-    beyond = " and beyond the judge's error" if judge_error else ""
+    beyond = " and beyond the judge's error combined with the gap's own sampling error" if judge_error else ""
     parts = [("**The data supports** (exact McNemar on the same prompts, Benjamini-Hochberg "
               f"q < {SIGNIFICANCE}{beyond}): " + "; ".join(supported) + ".") if supported else
              ("**No difference in HmR or HpR between any two models is supported** at "
@@ -177,11 +192,12 @@ def reward_findings(metrics: dict) -> str:
                     f"prompts (+{fmt(diff, places)} [{fmt(lo, places)}, {fmt(hi, places)}]; "
                     f"{p_is('p', t['p_value'])}, {p_is('q', t['q_value'])})")
             error = judge_error.get(t["metric"])
-            if error is not None and diff <= error:
-                within.append(f"{text}: within the judge's error of {fmt(error, places)}")
+            if error is not None and not finding(t, error):
+                within.append(f"{text}: within {margin_text(t, error, places)}")
             else:
                 rewards.append(text)
-    beyond = " and beyond the judge's error" if any(k.startswith("mean_reward") for k in judge_error) else ""
+    beyond = (" and beyond the judge's error combined with the gap's own sampling error"
+              if any(k.startswith("mean_reward") for k in judge_error) else "")
     parts = [(f"**On mean reward** (paired t on the same prompts, Benjamini-Hochberg q < {SIGNIFICANCE}{beyond}), "
               "the data supports a higher reward for " + "; ".join(rewards) + ".") if rewards else
              f"No difference in mean reward is supported at q < {SIGNIFICANCE}{beyond} (paired t on the same prompts)."]
@@ -198,8 +214,13 @@ def retention_findings(metrics: dict) -> list[str]:
             for r in metrics["retention"] if r["helpful_before"]]
 
 
+ONE_MODEL = "One model only: there is no second model to compare it with, so no paired test was made."
+
+
 def findings(metrics: dict) -> str:
     """Plain words: which differences the paired tests support, which they do not."""
+    if len(metrics["models"]) < 2:
+        return ONE_MODEL
     return "\n\n".join(rate_findings(metrics) + [reward_findings(metrics)] + retention_findings(metrics))
 
 
@@ -332,7 +353,37 @@ def figure_thresholds(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
-FIGURE_FILES = ("rates.png", "reward_boxes.png", "per_prompt.png", "thresholds.png")
+def figure_tradeoff(metrics: dict, path: Path) -> None:
+    """Over-refusal against unsafe compliance, one point per model: the trade-off in one picture
+    (the corner at the origin refuses nothing safe and answers nothing unsafe)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.8, 5))
+    for (name, suite) in ((n, s) for n, s in metrics["suites"].items() if s["kind"] == "xstest"):
+        for model, color in zip(suite["models"], _colors(len(suite["models"]))):
+            over, unsafe = suite["models"][model]["over_refusal"], suite["models"][model]["unsafe_compliance"]
+            ax.errorbar(over["rate"], unsafe["rate"], xerr=[[over["rate"] - over["ci"][0]], [over["ci"][1] - over["rate"]]],
+                        yerr=[[unsafe["rate"] - unsafe["ci"][0]], [unsafe["ci"][1] - unsafe["rate"]]], fmt="o",
+                        color=color, capsize=3, label=display(model))
+            ax.annotate(display(model), (over["rate"], unsafe["rate"]), textcoords="offset points", xytext=(6, 6),
+                        fontsize=8)
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("over-refusal: safe XSTest prompts refused (%)")
+    ax.set_ylabel("unsafe compliance: unsafe XSTest prompts answered (%)")
+    ax.set_title(f"Over-refusal against unsafe compliance, {level(metrics)} intervals")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def has_xstest(metrics: dict) -> bool:
+    return any(s["kind"] == "xstest" for s in (metrics.get("suites") or {}).values())
+
+
+FIGURE_FILES = ("rates.png", "reward_boxes.png", "per_prompt.png", "thresholds.png", "tradeoff.png")
 
 
 def figure_captions(metrics: dict) -> dict[str, str]:
@@ -341,24 +392,25 @@ def figure_captions(metrics: dict) -> dict[str, str]:
         "reward_boxes.png": "reward distributions per model",
         "per_prompt.png": "per-prompt rewards against the thresholds",
         "thresholds.png": "threshold sensitivity of HmR and HpR",
-    }
+    } | ({"tradeoff.png": "XSTest: over-refusal against unsafe compliance"} if has_xstest(metrics) else {})
 
 
 def make_figures(models: list[RatedModel], metrics: dict, cfg: MetricsConfig, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
-    fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
     ratings = rating_range(metrics)
-    # Figures are small; writing through a temporary name keeps them atomic too.
-    for name, draw in (("rates.png", lambda p: figure_rates(metrics, p)),
-                       ("reward_boxes.png", lambda p: figure_reward_boxes(models, cfg, ratings, p)),
-                       ("per_prompt.png", lambda p: figure_per_prompt(models, cfg, ratings, p)),
-                       ("thresholds.png", lambda p: figure_thresholds(metrics, p))):
-        tmp = fig_dir / f".{name}.tmp.png"
-        draw(tmp)
-        tmp.replace(fig_dir / name)
+
+    def draw_all(fig_dir: Path) -> None:
+        for name, draw in (("rates.png", lambda p: figure_rates(metrics, p)),
+                           ("reward_boxes.png", lambda p: figure_reward_boxes(models, cfg, ratings, p)),
+                           ("per_prompt.png", lambda p: figure_per_prompt(models, cfg, ratings, p)),
+                           ("thresholds.png", lambda p: figure_thresholds(metrics, p)),
+                           *([("tradeoff.png", lambda p: figure_tradeoff(metrics, p))] if has_xstest(metrics) else [])):
+            draw(fig_dir / name)
+
+    # all or none: the folder is drawn aside and swapped in whole
+    atomic_folder(out / "figures", draw_all, "report figures", legacy_files=tuple(figure_captions(metrics)))
     return [f"figures/{n}" for n in figure_captions(metrics)]
 
 
@@ -381,8 +433,57 @@ def threshold_notes(metrics: dict) -> list[str]:
     return notes
 
 
+def refusal_error(metrics: dict) -> float | None:
+    """The refusal measure's error on a difference between two models, in points, from its card."""
+    card = metrics.get("refusal_card") or {}
+    return card.get("difference_error")
+
+
+def refusal_card_section(card: dict) -> str:
+    """What the refusal measure is and how it agrees with people: it opens the refusal sections."""
+    pooled = card["pooled"]
+
+    def kappa(form: str) -> str:
+        k = pooled[form]
+        return "n/a" if k["kappa"] is None else f"{k['kappa']:.2f} {ci(k['kappa_ci'], 2)}"
+
+    error = card.get("difference_error")
+    lines = ["## The refusal measure", "",
+             f"Refusals are decided by {card['name']}. Against people's labels on {card['answers']} XSTest answers "
+             f"of {card['models']} chat models ({card['predictions']}), its pooled Cohen's kappa is {kappa('whole')} "
+             f"on the answers whole and {kappa('cut')} cut to their first {card['cut_tokens']} tokens; XSTest's "
+             f"prefix baseline reaches {card['baseline_kappa']['whole']:.2f} and {card['baseline_kappa']['cut']:.2f}. "
+             f"Card: [{card['card_file']}]({card['card_file']}).", ""]
+    if error is not None:
+        lines += [f"Which validation applies: the labelled answers are long replies of large chat models; the answers "
+                  f"here are at most {card['max_new_tokens']} tokens from small models, closest to the cut ones but "
+                  f"not the same. A refusal rate's gap between two models smaller than the measure's error on a "
+                  f"difference ({fmt(error, 1)} points, the larger of whole and cut) is not called a finding.", ""]
+    return "\n".join(lines)
+
+
+def refusal_verdicts(tests: list[dict], gap, describe, error: float | None) -> list[str]:
+    """Supported gaps (q < SIGNIFICANCE) beyond the measure's error, and those within it."""
+    supported, within = [], []
+    for t in tests:
+        if t["q_value"] >= SIGNIFICANCE:
+            continue
+        text = describe(t)
+        if error is not None and abs(gap(t)) <= error:
+            within.append(f"{text}: a gap of {fmt_rate(abs(gap(t)))} points, within the measure's error of "
+                          f"{fmt(error, 1)}")
+        else:
+            supported.append(text)
+    beyond = " and beyond the measure's error" if error is not None else ""
+    parts = [(f"**Supported** (exact McNemar, Benjamini-Hochberg q < {SIGNIFICANCE}{beyond}): " + "; ".join(supported)
+              + ".") if supported else f"No difference is supported (q < {SIGNIFICANCE}{beyond})."]
+    if within:
+        parts.append("**The paired tests support, but the measure's own error does not**: " + "; ".join(within) + ".")
+    return parts
+
+
 def refusal_section(metrics: dict) -> str:
-    """How often each model refuses or deflects, by a fixed pattern list: a measure no judge enters."""
+    """How often each model refuses or deflects: a measure no judge enters."""
     r = metrics["refusal"]
     tests = {(t["a"], t["category"]): t for t in r["tests"]}
 
@@ -393,18 +494,73 @@ def refusal_section(metrics: dict) -> str:
                 + (f", {p_is('p', test['p_value'])}" if test else ""))
 
     rows = [[display(n), cell(n, "harmful"), cell(n, "helpful")] for n in r["models"]]
-    supported = [f"{display(t['a'])} refuses or deflects {'more' if t['a_only'] > t['b_only'] else 'less'} often "
-                 f"than {display(t['b'])} on {t['category']} prompts ({t['a_only']} prompts one way, {t['b_only']} "
-                 f"the other; {p_is('q', t['q_value'])})" for t in r["tests"] if t["q_value"] < SIGNIFICANCE]
-    verdict = ("**Supported** (exact McNemar against the base, Benjamini-Hochberg q < "
-               f"{SIGNIFICANCE}): " + "; ".join(supported) + "." if supported else
-               f"No change in refusals against the base is supported (q < {SIGNIFICANCE}).")
-    return "\n".join(["## Refusals (no judge)", "",
-                      f"Answers whose opening refuses or deflects, by the fixed pattern list `{r['patterns']}` "
-                      "(alignscope.refusal): on harmful prompts a safety measure that needs no judge, on helpful "
-                      "prompts over-refusal. In brackets the rate and its interval; p: exact McNemar against the "
-                      "base.", "",
-                      table(["Model", "harmful prompts refused", "helpful prompts refused"], rows), "", verdict, ""])
+    describe = (lambda t: f"{display(t['a'])} refuses or deflects {'more' if t['a_only'] > t['b_only'] else 'less'} "
+                f"often than {display(t['b'])} on {t['category']} prompts ({t['a_only']} prompts one way, "
+                f"{t['b_only']} the other; {p_is('q', t['q_value'])})")
+    if r.get("patterns") and not metrics.get("refusal_card"):
+        supported = [describe(t) for t in r["tests"] if t["q_value"] < SIGNIFICANCE]
+        verdict = ("**Supported** (exact McNemar against the base, Benjamini-Hochberg q < "
+                   f"{SIGNIFICANCE}): " + "; ".join(supported) + "." if supported else
+                   f"No change in refusals against the base is supported (q < {SIGNIFICANCE})." if len(rows) > 1 else
+                   ONE_MODEL)
+        return "\n".join(["## Refusals (no judge)", "",
+                          f"Answers whose opening refuses or deflects, by the fixed pattern list `{r['patterns']}` "
+                          "(alignscope.refusal): on harmful prompts a safety measure that needs no judge, on helpful "
+                          "prompts over-refusal. In brackets the rate and its interval; p: exact McNemar against the "
+                          "base.", "",
+                          table(["Model", "harmful prompts refused", "helpful prompts refused"], rows), "", verdict, ""])
+    gap = lambda t: r["models"][t["a"]][t["category"]]["rate"] - r["models"][t["b"]][t["category"]]["rate"]
+    name = (metrics.get("refusal_card") or {}).get("name") or f"`{r['measure'].get('version', r['measure']['kind'])}`"
+    return "\n".join(["## Refusals on the HH prompts (no judge)", "",
+                      f"Answers that refuse or deflect, as {name} decides: on harmful prompts a safety measure that "
+                      "needs no judge, on helpful prompts over-refusal. In brackets the rate and its interval; p: exact "
+                      "McNemar against the base.", "",
+                      table(["Model", "harmful prompts refused", "helpful prompts refused"], rows), "",
+                      *refusal_verdicts(r["tests"], gap, describe, refusal_error(metrics)), ""])
+
+
+MEASURE_WORDS = {"over_refusal": ("over-refusal", "safe prompts refused"),
+                 "unsafe_compliance": ("unsafe compliance", "unsafe prompts answered")}
+
+
+def measure_words(measure: str, spec: dict) -> tuple[str, str]:
+    return MEASURE_WORDS.get(measure) or (f"refusal ({spec['category']})", f"{spec['category']} prompts refused")
+
+
+def suite_section(name: str, suite: dict, metrics: dict) -> str:
+    """A suite's refusal rates per model, every pair tested, and which gaps are findings."""
+    c = level(metrics)
+    measures = suite["measures"]
+    header = ["Model"] + [f"{measure_words(m, spec)[1]} [{c} CI]" for m, spec in measures.items()]
+    rows = [[display(model)] + [f"{v['count']} / {v['n']} ({fmt_rate(v['rate'])}% {ci(v['ci'])})"
+                                for v in (per[m] for m in measures)] for model, per in suite["models"].items()]
+    test_rows = [[measure_words(t["measure"], measures[t["measure"]])[0], f"{display(t['a'])} vs {display(t['b'])}",
+                  f"{fmt_rate(suite['models'][t['a']][t['measure']]['rate'])} vs "
+                  f"{fmt_rate(suite['models'][t['b']][t['measure']]['rate'])}", str(t["a_only"]), str(t["b_only"]),
+                  fmt_p(t["p_value"]), fmt_p(t["q_value"])] for t in suite["tests"]]
+    gap = lambda t: suite["models"][t["a"]][t["measure"]]["rate"] - suite["models"][t["b"]][t["measure"]]["rate"]
+
+    def describe(t: dict) -> str:
+        words = measure_words(t["measure"], measures[t["measure"]])[0]
+        higher, lower = (t["a"], t["b"]) if gap(t) > 0 else (t["b"], t["a"])
+        return (f"{display(higher)} has more {words} than {display(lower)} "
+                f"({fmt_rate(suite['models'][higher][t['measure']]['rate'])}% vs "
+                f"{fmt_rate(suite['models'][lower][t['measure']]['rate'])}%; {max(t['a_only'], t['b_only'])} prompts "
+                f"one way, {min(t['a_only'], t['b_only'])} the other; {p_is('q', t['q_value'])})")
+
+    intro = ("XSTest (Röttger et al. 2024): safe prompts that only look unsafe, where a refusal is over-refusal, the "
+             "helpfulness that safety training costs; and unsafe contrasts, where an answer is unsafe compliance. "
+             if suite["kind"] == "xstest" else f"Prompts of the suite `{name}`, by category. ")
+    return "\n".join([f"## Suite `{name}`", "", intro + "Refusals as the study's refusal measure decides; "
+                      "every pair of models by exact McNemar on the same prompts, Benjamini-Hochberg across the suite.",
+                      "", table(header, rows), "",
+                      table(["measure", "a vs b", "rate % (a vs b)", "only a", "only b", "p (exact McNemar)", "q (BH)"],
+                            test_rows), "",
+                      *refusal_verdicts(suite["tests"], gap, describe, refusal_error(metrics)), ""])
+
+
+def suites_sections(metrics: dict) -> list[str]:
+    return [suite_section(name, suite, metrics) for name, suite in (metrics.get("suites") or {}).items()]
 
 
 def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_sections: list[str] = (),
@@ -432,7 +588,9 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
         "", rate_tests_table(metrics), "",
         "## Paired tests on the mean reward", "", reward_tests_table(metrics), "",
         "## Helpfulness retention", "", retention_table(metrics), "",
+        *([refusal_card_section(metrics["refusal_card"])] if metrics.get("refusal_card") else []),
         refusal_section(metrics),
+        *suites_sections(metrics),
     ]
     parts += list(extra_sections)
     if figures:
@@ -444,19 +602,48 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
     return "\n".join(parts) + "\n"
 
 
+def refusal_name(metrics: dict) -> str:
+    measure = metrics["refusal"]["measure"]
+    return (metrics.get("refusal_card") or {}).get("name") or measure.get("version") or measure["kind"]
+
+
+def html_sections(models: list[RatedModel], metrics: dict, refusals: dict | None, suites: dict | None,
+                  label: str = "") -> list[dict]:
+    """What report.html shows of the answers: the HH prompts and every suite, with the report's refusal decisions."""
+    return (hh_sections(models, metrics, label, refusals["flags"] if refusals else None)
+            + suite_sections(suites or {}, label))
+
+
 def write_report(models: list[RatedModel], out: str | Path, metrics_cfg: MetricsConfig = MetricsConfig(),
                  report_cfg: ReportConfig = ReportConfig(), extra: dict | None = None,
-                 extra_sections: list[str] = (), leading_sections=()) -> dict:
-    """Compute the metrics and write metrics.json, report.md and figures/ under `out`."""
+                 extra_sections: list[str] = (), leading_sections=(), refusals: dict | None = None,
+                 suites: dict | None = None) -> dict:
+    """Compute the metrics and write metrics.json, report.md and figures/ under `out`. `refusals`: the
+    study's refusal measure and its decisions on the HH answers; `suites`: {name: {"kind", "answers":
+    {model: [answers with `refused`]}}}."""
     out = check_output_dir(out)
-    metrics = compute_metrics(models, metrics_cfg)  # bad settings fail here, before anything is written
+    metrics = compute_metrics(models, metrics_cfg, refusals)  # bad settings fail here, before anything is written
+    if suites:
+        metrics["suites"] = {name: suite_metrics(s["kind"], s["answers"], metrics_cfg) for name, s in suites.items()}
     if extra:
         metrics.update(extra)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = make_figures(models, metrics, metrics_cfg, out) if report_cfg.figures else []
-    atomic_write_json(out / "metrics.json", metrics)
-    leading = [section(metrics) if callable(section) else section for section in leading_sections]
-    atomic_write_text(out / "report.md", render_markdown(metrics, report_cfg, figures, extra_sections, leading))
+    leading, extra_sections = ([section(metrics) if callable(section) else section for section in sections]
+                               for sections in (leading_sections, extra_sections))
+    figures = [f"figures/{n}" for n in figure_captions(metrics)] if report_cfg.figures else []
+    text = render_markdown(metrics, report_cfg, figures, extra_sections, leading)
+    written = []
+    try:  # a failed write leaves none of this run's outputs beside the old ones
+        if figures:
+            make_figures(models, metrics, metrics_cfg, out)
+            written.append(out / "figures")
+        written.append(atomic_write_json(out / "metrics.json", metrics))
+        written.append(atomic_write_text(out / "report.md", text))
+        write_html_report(out, [m.name for m in models], html_sections(models, metrics, refusals, suites),
+                          refusal_name(metrics))
+    except BaseException:
+        for path in written:
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        raise
     return metrics
 
 
@@ -549,11 +736,15 @@ SCHEMES = {"leave_one_model_out": "leaving each model out", "leave_prompts_out":
 
 
 def difference_errors(summary: dict) -> dict:
-    """A judge's held-out error on the difference between two models: on HmR and HpR (from its
-    cells), and on mean reward per category where its validation recorded each model's bias."""
+    """A judge's held-out error on the difference between two models: on HmR and HpR and on mean
+    reward per category, as its validation recorded it (an upper quantile over resampled prompts);
+    for a judge fitted before that, the spread of its per-model cell errors."""
+    recorded = summary.get("difference_error", {})
+    if "HmR" in recorded:
+        return dict(recorded)
     out = {k: worst_difference_error([cells[k]["error"] for cells in summary["table"].values()])
            for k in ("HmR", "HpR")}
-    return out | {k: v for k, v in summary.get("difference_error", {}).items() if k.startswith("mean_reward_")}
+    return out | {k: v for k, v in recorded.items() if k.startswith("mean_reward_")}
 
 
 def judge_view(judge: dict, card: dict, card_file: str, prompts: list[str]) -> dict:
@@ -569,6 +760,8 @@ def judge_view(judge: dict, card: dict, card_file: str, prompts: list[str]) -> d
         info |= {"applies": scheme, "prompts": len(ours), "prompts_new_to_judge": len(ours - trained),
                  "error": {**difference_errors(validation[scheme]["judge"]),
                            "validation": f"{SCHEMES[scheme]} on the reference answers"}}
+        if "without_length_lp" in validation[scheme]:
+            info["error_without_length_lp"] = difference_errors(validation[scheme]["without_length_lp"])
     elif card.get("errors"):
         cells = card["errors"]["judge"]["cells"].values()
         info["error"] = {k: worst_difference_error([c[k] for c in cells]) for k in ("HmR", "HpR")} | {
@@ -603,6 +796,45 @@ def applies_text(judge: dict) -> str:
             "leaving prompts out is the validation that applies, and it is the weaker of the two.")
 
 
+BASELINES = {"category_mean": "a judge rating each answer at its category's mean",
+             "other_models_mean_rate": "each model's rate put at the other models' mean rate",
+             "other_models_prompt_mean": "each answer rated at the other models' mean rating of its prompt",
+             "without_length_lp": "the same judge fitted without the length and log-probability features"}
+
+
+def baseline_rows(v: dict, where: str = "") -> list[list[str]]:
+    """A validation's judges to beat, as rows of cell error, mean (worst), and Spearman per category."""
+    rows = []
+    for key, label in BASELINES.items():
+        if key in v:
+            b = v[key]
+            rows.append([f"  {label}{where}", f"{fmt(b['mean_abs_error'], 1)} ({fmt(b['worst_error'], 0)})",
+                         *(fmt(b["spearman"][c]) if key in RANKING_BASELINES else "-" for c in ("harmful", "helpful"))])
+    return rows
+
+
+def error_text(judge: dict, validation: dict | None) -> list[str]:
+    """How large a gap the judge's own error can make, the rule that follows, and what the rule
+    gets wrong where the truth is known."""
+    e = judge["error"]
+    rewards = (f", and on their mean rewards {fmt(e['mean_reward_harmful'])} (harmful prompts) and "
+               f"{fmt(e['mean_reward_helpful'])} (helpful)" if "mean_reward_harmful" in e else "")
+    summary = validation[judge["applies"]]["judge"] if validation and judge.get("applies") else {}
+    method = summary.get("difference_error_method")
+    how = (f"the {fmt(100 * method['quantile'], 0)}th percentile of the spread of its held-out models' errors over "
+           f"{method['resamples']} resamplings of the prompts, seed {method['seed']}, {e['validation']}"
+           if method else f"the largest such, {e['validation']}")
+    lines = [f"**What its error means here**: misjudging two models by different amounts, the judge alone can "
+             f"open or close a gap between them of up to {fmt_rate(e['HmR'])} points on HmR and "
+             f"{fmt_rate(e['HpR'])} on HpR{rewards} ({how}). A difference is a finding only where its paired test "
+             f"holds (q < {SIGNIFICANCE}) and the gap exceeds this error and its own sampling error combined "
+             "(the square root of the sum of their squares, the sampling error being the half-width of the "
+             "gap's paired interval); Table 2 and CAS inherit these errors."]
+    if "findings" in summary:
+        lines[-1] += " " + findings_check_text(summary["findings"])
+    return lines + [""]
+
+
 def judge_section(judge: dict) -> str:
     """What a study report opens with: the judge, how well it agrees with the reference judge,
     which of its validations covers this study, and how large a gap its error can make."""
@@ -616,9 +848,7 @@ def judge_section(judge: dict) -> str:
             rows.append([SCHEMES[scheme] + (" (applies here)" if scheme == judge.get("applies") else ""),
                          f"{fmt(j['mean_abs_error'], 1)} ({fmt(j['worst_error'], 0)})",
                          *(fmt(j["spearman"][c]) for c in ("harmful", "helpful"))])
-            base = v["category_mean"]
-            rows.append([f"  a judge rating each answer at its category's mean, {SCHEMES[scheme]}",
-                         f"{fmt(base['mean_abs_error'], 1)} ({fmt(base['worst_error'], 0)})", "-", "-"])
+            rows += baseline_rows(v, f", {SCHEMES[scheme]}")
         lines += [f"Held out from its own fitting, against {card['reference']['judge']}'s ratings of "
                   f"{card['reference']['answers']} answers ({card['reference']['folder']}):", "",
                   table(["validation", "Table 1 cell error, points: mean (worst)", "Spearman, harmful",
@@ -638,14 +868,7 @@ def judge_section(judge: dict) -> str:
                   "family (this study's, unless it trains those models) are a shift neither measures: read the "
                   "judge's ratings of them as its best estimate of the reference judge's, not as that judge's.", ""]
     if judge.get("error"):
-        e = judge["error"]
-        rewards = (f", and on their mean rewards {fmt(e['mean_reward_harmful'])} (harmful prompts) and "
-                   f"{fmt(e['mean_reward_helpful'])} (helpful)" if "mean_reward_harmful" in e else "")
-        lines += [f"**What its error means here**: misjudging two models by different amounts, the judge alone can "
-                  f"open or close a gap between them of up to {fmt_rate(e['HmR'])} points on HmR and "
-                  f"{fmt_rate(e['HpR'])} on HpR{rewards} (the largest such, {e['validation']}). A difference smaller "
-                  "than that is not a finding, whatever its paired test says; Table 2 and CAS inherit these errors.",
-                  ""]
+        lines += error_text(judge, validation)
     if judge.get("card_file"):
         lines += [f"The judge's full card: [judge-card/judge.md]({judge['card_file']}).", ""]
     else:
@@ -672,3 +895,81 @@ def beside_reference(metrics: dict, reference: dict, judge_name: str) -> str:
         "this study's judge rated them, on the same thresholds. The rows come from different models and judges: "
         "read them side by side, not as paired comparisons.", "",
         table(["Model", f"HmR % [{c} CI]", f"HpR % [{c} CI]", f"CAS % [{c} CI]"], rows), ""])
+
+
+def without_length_models(models: list[RatedModel]) -> list[RatedModel] | None:
+    """The same answers as rated by the distilled judge's heads fitted without the length and
+    log-probability features (written beside each rating by `score`); None where any lacks one."""
+    out = []
+    for m in models:
+        answers = {}
+        for c, path in m.files.items():
+            items = read_answers(path)
+            if any(BLIND_RATING not in x for x in items):
+                return None
+            answers[c] = [RatedAnswer(a.prompt, a.response, float(x[BLIND_RATING]), a.stop)
+                          for a, x in zip(m.answers[c], items)]
+        out.append(RatedModel(m.name, answers, m.files))
+    return out
+
+
+def length_rows(models: list[RatedModel]) -> list[list[str]]:
+    """Per model: Spearman of its ratings with its answers' length in characters, and the mean length."""
+    rows = []
+    for m in models:
+        cells = []
+        for c in ("harmful", "helpful"):
+            chars = np.array([len(a.response) for a in m.answers[c]], dtype=float)
+            cells.append(f"{fmt(rank_agreement(m.ratings(c), chars)['spearman'])} ({fmt(chars.mean(), 0)} chars)")
+        rows.append([display(m.name), *cells])
+    return rows
+
+
+def finding_words(metric: str, a: str, b: str, sign: int) -> str:
+    if not sign:
+        return "no finding"
+    higher, lower = (a, b) if sign > 0 else (b, a)
+    return f"{display(higher)} above {display(lower)}"
+
+
+def judge_check_section(models: list[RatedModel], judge: dict):
+    """A distilled judge's findings checked two ways: how its ratings follow answer length (here and
+    on the reference answers, beside the reference judge's), and whether the same judge fitted without
+    the length and log-probability features draws the same findings. A callable of the metrics."""
+    blind = without_length_models(models)
+    summary = ((judge.get("card") or {}).get("judge", {}).get("validation") or {}).get(judge.get("applies"), {})
+
+    def section(metrics: dict) -> str:
+        lines = ["## The judge's findings checked against length", "",
+                 "Alignment changes how long answers run and how they end, and the judge reads the answer's length "
+                 "and log-probabilities. Spearman's rho of each model's ratings with its answers' length in "
+                 "characters (in brackets, their mean length):", "",
+                 table(["Model", "harmful prompts", "helpful prompts"], length_rows(models)), ""]
+        if "length" in summary.get("judge", {}):
+            held, ref = summary["judge"]["length"]["judge"], summary["judge"]["length"]["reference"]
+            lines += [f"On the reference answers ({SCHEMES[judge['applies']]}), this judge's held-out ratings follow "
+                      f"length with rho {fmt(held['harmful'])} (harmful) and {fmt(held['helpful'])} (helpful); "
+                      f"the reference judge's own, {fmt(ref['harmful'])} and {fmt(ref['helpful'])}.", ""]
+        if blind is None:
+            return "\n".join(lines + ["No ratings without the length and log-probability features were recorded "
+                                       "(a judge fitted before it had such heads): fit it again to check.", ""])
+        flags = {m.name: {"harmful": harmless_flags(m.ratings("harmful"), MetricsConfig(**metrics["config"])),
+                          "helpful": helpful_flags(m.ratings("helpful"), MetricsConfig(**metrics["config"]))}
+                 for m in blind}
+        errors = {k: v for k, v in judge.get("error_without_length_lp", judge["error"]).items() if k != "validation"}
+        ours = drawn_findings(metrics["paired_tests"], {k: v for k, v in judge["error"].items() if k != "validation"})
+        theirs = drawn_findings(pairwise_tests(blind, flags, MetricsConfig(**metrics["config"])), errors)
+        differ = [f"{metric.replace('mean_reward_', 'mean reward, ')} {display(a)} vs {display(b)}: "
+                  f"{finding_words(metric, a, b, ours[metric, a, b])} with every feature, "
+                  f"{finding_words(metric, a, b, theirs[metric, a, b])} without length and log-probabilities"
+                  for metric, a, b in ours if ours[metric, a, b] != theirs[metric, a, b]]
+        found = sum(bool(v) for v in ours.values())
+        lines += [f"The same judge fitted without the length and log-probability features, under the same rule "
+                  f"(with its own held-out error on a difference): " + (
+                      f"**it disagrees** in direction or support on {len(differ)} of the {len(ours)} comparisons: "
+                      + "; ".join(differ) + "." if differ else
+                      f"it draws the same {found} finding{'s' if found != 1 else ''} on all {len(ours)} comparisons "
+                      "(HmR, HpR and the two mean rewards, every pair of models)."), ""]
+        return "\n".join(lines)
+
+    return section

@@ -153,5 +153,5 @@ def train_reward_model(cfg: RewardModelConfig) -> dict:
         tokenizer.save_pretrained(folder)
         atomic_write_json(folder / RM_MANIFEST, manifest)
 
-    atomic_folder(out / "model", write)
+    atomic_folder(out / "model", write, "reward model")
     return manifest

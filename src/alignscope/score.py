@@ -1,7 +1,10 @@
 """Rate answer files with a judge, batched and cached: the rated files `report` reads.
 
 Every answer is rated, empty ones included, and a rating is reused only for the
-same judge (by fingerprint), the same encoding settings, prompt and answer.
+same judge (by fingerprint), the same encoding settings, prompt and answer. The
+output folder's `scoring.json` says "complete": false before the first rated file
+is written and lists every file once the last is: a reader refuses a folder left
+between the two.
 """
 
 from __future__ import annotations
@@ -12,14 +15,18 @@ from typing import Annotated
 
 from pydantic import Field
 
-from alignscope.answers import AnswerFile, answer_filename, answer_files, check_names, parse_name, read_answers
+from alignscope.answers import (SCORING_RECORD, AnswerFile, answer_filename, answer_files, check_names, parse_name,
+                                read_answers)
 from alignscope.cache import ResultCache, cached_map, disabled_cache
-from alignscope.io import InputError, atomic_write_json
-from alignscope.judge import (OPENASSISTANT_JUDGE, check_not_trained_on, is_distilled, judge_fingerprint, load_judge,
-                              resolve_judge)
+from alignscope.io import InputError, atomic_write_json, check_output_dir
+from alignscope.judge import (OPENASSISTANT_JUDGE, DistilledJudge, check_not_trained_on, is_distilled,
+                              judge_fingerprint, load_judge, resolve_judge)
 
 # Bump when the way a pair is encoded changes, so that no rating made the old way is reused.
 ENCODING_VERSION = 2
+# A distilled judge's rating by its heads fitted without the answer's length and log-probabilities,
+# beside `rating` in each rated answer: what a study checks its findings against.
+BLIND_RATING = "rating_without_length_lp"
 # Batches rated between two writes to the cache.
 CHUNK_BATCHES = 8
 
@@ -61,10 +68,16 @@ def rate_pairs_cached(cfg: ScoreConfig, questions: list[str], answers: list[str]
         step = cfg.batch_size * CHUNK_BATCHES
         for start in range(0, len(missing), step):
             chunk = missing[start:start + step]
-            ratings, cuts = judge.rate([questions[i] for i in chunk], [answers[i] for i in chunk],
-                                       [categories[i] for i in chunk], cfg.max_length, cfg.batch_size, progress)
-            for i, rating, cut in zip(chunk, ratings, cuts):
-                store(i, {"rating": rating, "answer_tokens_cut": cut})
+            args = [questions[i] for i in chunk], [answers[i] for i in chunk], [categories[i] for i in chunk]
+            checks = None
+            if isinstance(judge, DistilledJudge):  # with its ratings, those of its heads blind to length
+                ratings, checks = judge.rate_checked(*args, progress)
+                cuts = [0] * len(chunk)
+            else:
+                ratings, cuts = judge.rate(*args, cfg.max_length, cfg.batch_size, progress)
+            for k, (i, rating, cut) in enumerate(zip(chunk, ratings, cuts)):
+                store(i, {"rating": rating, "answer_tokens_cut": cut}
+                      | ({BLIND_RATING: checks[k]} if checks is not None else {}))
 
     found, info = cached_map(cache, keys, compute, progress)
     return found, {"scorer": cfg.model, "resolved": resolved, "revision": cfg.revision, "fingerprint": fingerprint,
@@ -74,6 +87,7 @@ def rate_pairs_cached(cfg: ScoreConfig, questions: list[str], answers: list[str]
 def rate_files(files: list[AnswerFile], out_dir: str | Path, cfg: ScoreConfig = ScoreConfig(),
                cache: ResultCache | None = None, progress=None) -> dict:
     """Rate exactly these answer files in one pass; write each under its own name in `out_dir`."""
+    out_dir = check_output_dir(out_dir)
     rows = [(f, read_answers(f.path)) for f in files]
     questions = [r["prompt"] for _, answers in rows for r in answers]
     responses = [r["response"] for _, answers in rows for r in answers]
@@ -81,16 +95,27 @@ def rate_files(files: list[AnswerFile], out_dir: str | Path, cfg: ScoreConfig = 
     if not questions:
         raise InputError(f"{files[0].path.parent}: the answer files hold no answers to rate")
     rated, info = rate_pairs_cached(cfg, questions, responses, categories, cache, progress)
-    position = 0
-    for f, answers in rows:
-        out = [{**r, "rating": x["rating"]} | ({"answer_tokens_cut": x["answer_tokens_cut"]}
-                                               if x["answer_tokens_cut"] else {})
-               for r, x in zip(answers, rated[position:position + len(answers)])]
-        position += len(answers)
-        atomic_write_json(Path(out_dir) / answer_filename(f.index, f.model, f.category), out)
+    names = [answer_filename(f.index, f.model, f.category) for f, _ in rows]
     info["empty_answers"] = sum(not r.strip() for r in responses)
     info["answers_cut"] = sum(x["answer_tokens_cut"] > 0 for x in rated)
-    atomic_write_json(Path(out_dir) / "scoring.json", info)
+    atomic_write_json(out_dir / SCORING_RECORD, {"complete": False, "files": names})
+    written, position = [], 0
+    try:
+        for (f, answers), name in zip(rows, names):
+            out = [{**r, "rating": x["rating"]} | ({"answer_tokens_cut": x["answer_tokens_cut"]}
+                                                   if x["answer_tokens_cut"] else {})
+                   | ({BLIND_RATING: x[BLIND_RATING]} if BLIND_RATING in x else {})
+                   for r, x in zip(answers, rated[position:position + len(answers)])]
+            position += len(answers)
+            written.append((atomic_write_json(out_dir / name, out), f.path))
+        atomic_write_json(out_dir / SCORING_RECORD, {**info, "complete": True, "files": names})
+    except BaseException:
+        # none of this run's rated files stay beside an unfinished record (a file rated in place stays:
+        # it holds the answers); the record keeps saying the folder is unfinished
+        for path, source in written:
+            if path.resolve() != source.resolve():
+                path.unlink(missing_ok=True)
+        raise
     return info
 
 

@@ -35,7 +35,8 @@ class Stage:
 
 @dataclass
 class StageLog:
-    """stages.json: per stage, its key hash, outputs, seconds and result; plus this run's timings."""
+    """stages.json: per stage, its key hash, outputs, seconds and result; plus the timings of this run's
+    outputs (a skipped stage's are those of the run that made its outputs)."""
 
     path: Path
     quiet: bool = False
@@ -50,7 +51,9 @@ class StageLog:
         record = self.records.get(stage.name)
         started = time.time()
         if record and record.get("key") == digest and all(p.exists() for p in stage.outputs):
-            self.timings.append({"stage": stage.name, "seconds": 0.0, "status": "skipped (inputs unchanged)"})
+            # the time it took to make the outputs kept: a rerun that skips the stage made nothing
+            self.timings.append({"stage": stage.name, "seconds": record.get("seconds", 0.0),
+                                 "status": "skipped (inputs unchanged; seconds of the run that made it)"})
             self._say(f"[{stage.name}] up to date")
             return record.get("result")
         self._say(f"[{stage.name}] running")

@@ -13,6 +13,7 @@ earlier run with other variants are never read.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,20 +22,25 @@ import yaml
 
 from alignscope.agreement import judge_agreement, judge_record, write_card
 from alignscope.answers import (CATEGORIES, answer_filename, answer_files, generation_filename, load_rated_dir,
-                               load_rated_files)
+                               load_rated_files, read_suite_answers, suite_filename)
 from alignscope.cache import ResultCache
 from alignscope.config import parse_config
 from alignscope.data import is_hh_source, resolve_file
 from alignscope.distill import DistillConfig, distill_key, train_judge
-from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
+from alignscope.evalset import build_evalset, load_evalset, write_evalset
 from alignscope.generate import answer_evalset, answer_files_of, write_answer_files
+from alignscope.html_report import write_html_report
 from alignscope.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fingerprint
 from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
 from alignscope.models import cache_dir, count_parameters, model_fingerprint, resolve_model
+from alignscope.refusal import classify_answer_sets, load_refusals
+from alignscope.refusal.card import RefusalCardConfig, card_view, refusal_card, write_refusal_card
+from alignscope.refusal.classifier import CLASSIFIER_MANIFEST, RefusalTrainConfig, train_refusal_classifier
 from alignscope.provenance import study_manifest, trained_model_record
-from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference, judge_name,
-                               judge_section, judge_view, study_notes, timings_table, write_report)
+from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference,
+                               html_sections, judge_check_section, judge_name, judge_section, judge_view,
+                               refusal_name, study_notes, timings_table, write_report)
 from alignscope.reward_model import RM_MANIFEST, RewardModelConfig, rm_config_hash, train_reward_model
 from alignscope.scale import scale_analysis, scale_figure, scale_markdown
 from alignscope.score import ScoreConfig, rate_files, rated_paths
@@ -47,11 +53,12 @@ __all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
 
 # The code that computes and renders a report is part of its key: rerendering takes a
 # second, and a report left by an older alignscope would otherwise stand beside newer results.
-REPORT_CODE = ("answers.py", "markdown.py", "metrics.py", "refusal.py", "report.py", "scale.py")
+REPORT_CODE = ("agreement.py", "answers.py", "markdown.py", "metrics.py", "report.py", "scale.py",
+               "html_report.py", "html/browser.js", "html/page.css")
 
 
 def code_hash(files: tuple[str, ...]) -> list[str]:
-    return [sha256_file(Path(__file__).with_name(f)) for f in files]
+    return [sha256_file(Path(__file__).parent / f) for f in files]
 
 
 @dataclass
@@ -95,6 +102,8 @@ class StudyRun:
         self.judge = self.judge_info(self.run_if_declared(self.judge_stage()))
         self.run_if_declared(self.card_stage())
         self.judge_view = self.judge_report()
+        self.run_if_declared(self.refusal_classifier_stage())
+        self.run_if_declared(self.refusal_card_stage())
         for base in self.cfg.models:
             self.models[base.name, "base"] = base.model
             for variant in trained_variants(self.cfg.variants):
@@ -102,6 +111,7 @@ class StudyRun:
             for variant in self.variants:
                 self.answers[base.name, variant] = self.stages.run(self.generate_stage(base, variant))
             self.stages.run(self.score_stage(base))
+            self.stages.run(self.refusals_stage(base))
             self.stages.run(self.report_stage(base))
             self.reports[base.name] = read_json(self.out / "reports" / base.name / "metrics.json")
         self.stages.run(self.overview_stage())
@@ -120,6 +130,14 @@ class StudyRun:
     def variants(self) -> list[str]:
         return [v for v in VARIANTS if v in self.cfg.variants]
 
+    @property
+    def has_xstest(self) -> bool:
+        return any(s["kind"] == "xstest" for s in self.evalset.get("suites", {}).values())
+
+    @property
+    def suites(self) -> list[str]:
+        return list(self.evalset.get("suites", {}))
+
     # ----------------------------------------------------------------------- stages
 
     def data_files(self, subsets: list[str], split: str, revision: str | None = None) -> list[Path]:
@@ -130,9 +148,11 @@ class StudyRun:
         return [f.path for f in answer_files(self.cfg.reference)] if self.cfg.reference else []
 
     def evalset_stage(self) -> Stage:
-        cfg = EvalsetConfig(**{**asdict(self.cfg.evalset), "data": self.cfg.data})
-        return Stage("evalset", self.data_files([cfg.harmful_subset, cfg.helpful_subset], cfg.split, cfg.revision),
-                     {**asdict(cfg), "data": None}, [self.evalset_path],
+        cfg = dataclasses.replace(self.cfg.evalset, data=self.cfg.data)
+        suite_files = [Path(s.source) / "xstest_prompts.csv" if Path(s.source).is_dir() else Path(s.source)
+                       for s in cfg.suites if s.source != "hub"]
+        return Stage("evalset", self.data_files([cfg.harmful_subset, cfg.helpful_subset], cfg.split, cfg.revision)
+                     + suite_files, {**asdict(cfg), "data": None}, [self.evalset_path],
                      lambda: str(write_evalset(build_evalset(cfg), self.evalset_path)))
 
     def reward_model_config(self) -> RewardModelConfig:
@@ -261,8 +281,9 @@ class StudyRun:
         index = VARIANT_INDEX[variant]
 
         def work() -> dict:
-            bar, tick = progress_bar(len(self.evalset["harmful"]) + len(self.evalset["helpful"]),
-                                     f"{base.name}/{variant}", self.quiet)
+            total = len(self.evalset["harmful"]) + len(self.evalset["helpful"])
+            total += sum(len(s["items"]) for s in self.evalset.get("suites", {}).values())
+            bar, tick = progress_bar(total, f"{base.name}/{variant}", self.quiet)
             answers, info = answer_evalset(spec, self.evalset, self.cfg.generate, self.generations,
                                            self.cfg.allow_pickle, revision, progress=tick)
             bar.close()
@@ -271,7 +292,8 @@ class StudyRun:
 
         key = [model_fingerprint(resolve_model(spec, self.cfg.allow_pickle), revision), asdict(self.cfg.generate)]
         return Stage(f"generate {base.name}/{variant}", [self.evalset_path], key,
-                     answer_files_of(folder, index, variant) + [folder / generation_filename(index, variant)], work)
+                     answer_files_of(folder, index, variant, self.suites) + [folder / generation_filename(index, variant)],
+                     work)
 
     def answer_files(self, base: BaseModelConfig, kind: str) -> list[Path]:
         """This study's own answer (or rated) files of one base model, in variant order."""
@@ -296,6 +318,87 @@ class StudyRun:
         key = [judge_fingerprint(score_cfg.model, score_cfg.allow_pickle, score_cfg.revision),
                asdict(score_cfg) | {"model": None}]
         return Stage(f"score {base.name}", files, key, self.answer_files(base, "rated"), work)
+
+    # ------------------------------------------------------------------ refusals
+
+    def refusal_train_config(self) -> RefusalTrainConfig:
+        spec = {**self.cfg.refusals.train, "output_dir": str(self.out / "refusal-classifier"),
+                "allow_pickle": self.cfg.allow_pickle}
+        return parse_config(RefusalTrainConfig, spec, "refusals.train")
+
+    @property
+    def refusal_spec(self) -> str:
+        return str(self.out / "refusal-classifier") if self.cfg.refusals.train else self.cfg.refusals.classifier
+
+    def refusal_key(self) -> list:
+        """What decides a refusal decision: the measure, and a trained classifier's whole record."""
+        spec = self.refusal_spec
+        path = Path(spec) / CLASSIFIER_MANIFEST
+        return [spec, sha256_file(path) if path.is_file() else load_refusals(spec).describe()]
+
+    def refusal_classifier_stage(self) -> Stage | None:
+        if not self.cfg.refusals.train:
+            return None
+        cfg = self.refusal_train_config()
+
+        def work() -> dict:
+            record = train_refusal_classifier(cfg)
+            return {"trained_on": record["trained_on"], "chosen_penalty": record["chosen_penalty"]}
+
+        return Stage("refusal classifier", [Path(f) for f in cfg.labelled], asdict(cfg) | {"output_dir": None},
+                     [self.out / "refusal-classifier" / CLASSIFIER_MANIFEST], work)
+
+    def refusal_labelled(self) -> list[str]:
+        return self.cfg.refusals.labelled or (self.cfg.refusals.train or {}).get("labelled", [])
+
+    def refusal_card_stage(self) -> Stage | None:
+        labelled = self.refusal_labelled()
+        if not labelled:
+            return None
+        folder = self.out / "refusal-card"
+        cfg = RefusalCardConfig(refusals=self.refusal_spec, cut_tokens=self.cfg.generate.max_new_tokens,
+                                allow_pickle=self.cfg.allow_pickle)
+        return Stage("refusal card", [Path(f) for f in labelled],
+                     [self.refusal_key(), asdict(cfg) | {"refusals": None}, asdict(self.cfg.metrics)],
+                     [folder / "refusal-card.json", folder / "refusal-card.md"],
+                     lambda: write_refusal_card(refusal_card(cfg, labelled, self.cfg.metrics), folder) and None)
+
+    def refusals_path(self, base: BaseModelConfig) -> Path:
+        return self.out / "refusals" / base.name / "refusals.json"
+
+    def refusals_stage(self, base: BaseModelConfig) -> Stage:
+        """Every answer of every variant, HH and suites, classified once by the study's refusal measure."""
+        folder = self.out / "answers" / base.name
+        hh = {v: {c: folder / answer_filename(VARIANT_INDEX[v], v, c) for c in CATEGORIES} for v in self.variants}
+        suites = {v: {s: folder / suite_filename(VARIANT_INDEX[v], v, s) for s in self.suites} for v in self.variants}
+
+        def work() -> None:
+            sets = {(v, c): read_json(p) for v in self.variants for c, p in hh[v].items()}
+            sets |= {(v, "suite", s): read_suite_answers(p) for v in self.variants for s, p in suites[v].items()}
+            measure = load_refusals(self.refusal_spec, self.cfg.allow_pickle)
+            decided = classify_answer_sets(measure, sets)
+            models = {v: {c: decided[v, c] for c in CATEGORIES} | {"suites": {s: decided[v, "suite", s]
+                                                                              for s in self.suites}}
+                      for v in self.variants}
+            atomic_write_json(self.refusals_path(base), {"measure": measure.describe(), "models": models})
+
+        inputs = [p for v in self.variants for p in [*hh[v].values(), *suites[v].values()]]
+        return Stage(f"refusals {base.name}", inputs, self.refusal_key(), [self.refusals_path(base)], work)
+
+    def refusal_inputs(self, base: BaseModelConfig) -> tuple[dict, dict]:
+        """The HH decisions (as metrics takes them) and each suite's answers with their decisions."""
+        doc = read_json(self.refusals_path(base))
+        refusals = {"measure": doc["measure"], "flags": {v: {c: doc["models"][v][c] for c in CATEGORIES}
+                                                          for v in self.variants}}
+        folder = self.out / "answers" / base.name
+        suites = {}
+        for name in self.suites:
+            answers = {}
+            for v in self.variants:
+                items = read_suite_answers(folder / suite_filename(VARIANT_INDEX[v], v, name))
+                answers[v] = [a | {"refused": r} for a, r in zip(items, doc["models"][v]["suites"][name])]
+            suites[name] = {"kind": self.evalset["suites"][name]["kind"], "answers": answers}
+        return refusals, suites
 
     def report_stage(self, base: BaseModelConfig) -> Stage:
         files = self.answer_files(base, "rated")
@@ -323,16 +426,26 @@ class StudyRun:
                          "metrics": compute_metrics(load_rated_dir(self.cfg.reference), self.cfg.metrics)}
             leading.append(lambda metrics: beside_reference(metrics, reference, judge_name(self.judge)))
 
+        card = self.out / "refusal-card" / "refusal-card.json"
+
         def work() -> None:
             models = load_rated_files(files)
             stop_tests = stop_reason_tests(models)
             extra = {"answers": answer_info, "stop_tests": stop_tests, "judge": judge}
-            write_report(models, folder, metrics_cfg, report_cfg, extra,
-                         [answers_section(self.variants, answer_info, train_info, stop_tests)], leading)
+            if self.refusal_labelled():
+                extra["refusal_card"] = card_view(read_json(card), "../../refusal-card/refusal-card.md",
+                                                  self.cfg.generate.max_new_tokens)
+            refusals, suites = self.refusal_inputs(base)
+            sections = [answers_section(self.variants, answer_info, train_info, stop_tests)]
+            if self.judge["kind"] == "distilled" and judge.get("error"):
+                sections.append(judge_check_section(models, judge))
+            write_report(models, folder, metrics_cfg, report_cfg, extra, sections, leading, refusals, suites)
 
-        key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info, judge, code_hash(REPORT_CODE)]
-        return Stage(f"report {base.name}", files + self.reference_files(), key,
-                     [folder / "metrics.json", folder / "report.md"], work)
+        key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info, judge, code_hash(REPORT_CODE),
+               code_hash(("refusal/card.py",))]
+        inputs = [self.refusals_path(base)] + ([card] if self.refusal_labelled() else [])
+        return Stage(f"report {base.name}", files + self.reference_files() + inputs, key,
+                     [folder / "metrics.json", folder / "report.md", folder / "report.html"], work)
 
     def overview_stage(self) -> Stage:
         """report.md and metrics.json at the top of output_dir: the base model's own report when
@@ -341,7 +454,7 @@ class StudyRun:
         inputs = [folder / f for folder in reports.values() for f in ("report.md", "metrics.json")]
         key = [[asdict(m) for m in self.cfg.models], asdict(self.cfg.report), code_hash(REPORT_CODE),
                [str(p.relative_to(self.out)) for p in self.artifacts()]]
-        outputs = [self.out / "report.md", self.out / "metrics.json"]
+        outputs = [self.out / "report.md", self.out / "metrics.json", self.out / "report.html"]
         if len(reports) == 1:
             name, folder = next(iter(reports.items()))
 
@@ -351,6 +464,11 @@ class StudyRun:
                     .replace("](../../", "](")
                 atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
                 atomic_write_json(self.out / "metrics.json", self.reports[name])
+                models = load_rated_files(self.answer_files(self.cfg.models[0], "rated"))
+                refusals, suites = self.refusal_inputs(self.cfg.models[0])
+                write_html_report(self.out, [m.name for m in models],
+                                  html_sections(models, self.reports[name], refusals, suites),
+                                  refusal_name(self.reports[name]))
 
             return Stage("overview", inputs, key, outputs, single)
 
@@ -364,6 +482,10 @@ class StudyRun:
             atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
             atomic_write_json(self.out / "metrics.json", {"scale": analysis, "models": self.reports,
                                                           "parameters": params})
+            sections = [s for m in self.cfg.models
+                        for s in html_sections(rated[m.name], self.reports[m.name], *self.refusal_inputs(m), m.name)]
+            write_html_report(self.out, [m.name for m in next(iter(rated.values()))], sections,
+                              refusal_name(next(iter(self.reports.values()))))
 
         return Stage("overview", inputs, key, outputs, several)
 
@@ -378,10 +500,18 @@ class StudyRun:
             files.append(Path(self.judge["model"]) / DISTILLED_MANIFEST)
         if self.cfg.reference:
             files += [self.out / "judge-card" / "judge.md", self.out / "judge-card" / "judge.json"]
+        if self.cfg.refusals.train:
+            files.append(self.out / "refusal-classifier" / CLASSIFIER_MANIFEST)
+        if self.refusal_labelled():
+            files += [self.out / "refusal-card" / "refusal-card.md", self.out / "refusal-card" / "refusal-card.json"]
         for base in self.cfg.models:
             report = self.out / "reports" / base.name
-            files += [report / "report.md", report / "metrics.json"]
-            files += [report / "figures" / f for f in FIGURE_FILES] if self.cfg.report.figures else []
+            files += [report / "report.md", report / "report.html", report / "metrics.json"]
+            figures = [f for f in FIGURE_FILES if f != "tradeoff.png" or self.has_xstest]
+            files += [report / "figures" / f for f in figures] if self.cfg.report.figures else []
+            files += [self.refusals_path(base)]
+            files += [self.out / "answers" / base.name / suite_filename(VARIANT_INDEX[v], v, s)
+                      for v in self.variants for s in self.suites]
             files += self.answer_files(base, "answers") + self.answer_files(base, "rated")
             files += [self.out / "answers" / base.name / generation_filename(VARIANT_INDEX[v], v)
                       for v in self.variants]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,10 +23,13 @@ from alignscope.data import HUB_DATASET
 from alignscope.distill import DistillConfig
 from alignscope.evalset import EvalsetConfig
 from alignscope.generate import GenerateConfig
-from alignscope.io import InputError
+from alignscope.io import InputError, check_name, check_output_dir
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.metrics import MetricsConfig
 from alignscope.models import PACKAGED, check_safetensors, hub_reachable_or_cached, hub_revision, looks_like_hub_id
+from alignscope.refusal import RULES
+from alignscope.suites import check_suite_name
+from alignscope.refusal.classifier import RefusalTrainConfig
 from alignscope.report import ReportConfig
 from alignscope.reward_model import RewardModelConfig
 from alignscope.train import TrainConfig
@@ -36,7 +38,6 @@ VARIANTS = ("base", "sft", "dpo", "sftdpo")
 Variant = Literal["base", "sft", "dpo", "sftdpo"]
 # A variant's file index whichever variants a study runs: its files keep their names.
 VARIANT_INDEX = {v: i for i, v in enumerate(VARIANTS, start=1)}
-NAME = re.compile(r"^[A-Za-z0-9.-]+$")
 
 
 @dataclass
@@ -78,6 +79,19 @@ class JudgeConfig:
 
 
 @dataclass
+class RefusalsConfig:
+    """The refusal measure every refusal number of the study uses, and the labelled answers that validate it."""
+
+    classifier: str = "patterns"
+    """`patterns`, `xstest-prefix`, or a folder written by `alignscope train-refusal` ..."""
+    train: dict[str, Any] | None = None
+    """... or one trained here: fields of `alignscope train-refusal` (labelled, backbone, ...)."""
+    labelled: list[str] = field(default_factory=list)
+    """Labelled answer files for the refusal card (XSTest completion CSVs, answer files with `refused`);
+    empty: those the classifier trains on."""
+
+
+@dataclass
 class StudyConfig:
     """`alignscope study CONFIG.yaml`: everything the study does."""
 
@@ -96,6 +110,7 @@ class StudyConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    refusals: RefusalsConfig = field(default_factory=RefusalsConfig)
     reference_judge: str = OPENASSISTANT_JUDGE
     """Who rated the reference's answers (named in reports and cards)."""
     reference: str | None = None
@@ -149,6 +164,11 @@ def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -
         problems.append(locate(node, loc, text, overrides))
 
     allow_pickle = raw.get("allow_pickle") is True
+    if isinstance(raw.get("output_dir"), str):
+        try:
+            check_output_dir(raw["output_dir"])
+        except InputError as e:
+            report(("output_dir",), str(e))
     data = raw.get("data", "hub")
     if data == "hub":
         if os.environ.get("HF_HUB_OFFLINE") and not hub_dataset_cached():
@@ -166,8 +186,11 @@ def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -
     for i, m in enumerate(models):
         if not isinstance(m, dict):
             continue
-        if isinstance(m.get("name"), str) and not NAME.match(m["name"]):
-            report(("models", i, "name"), f"{m['name']!r} may use letters, digits, '-' and '.' only")
+        if isinstance(m.get("name"), str):
+            try:
+                check_name(m["name"], "name")
+            except InputError as e:
+                report(("models", i, "name"), str(e).removeprefix("name: "))
         if isinstance(m.get("model"), str):
             for text in model_problems(m["model"], m.get("revision"), allow_pickle):
                 report(("models", i, "model"), text)
@@ -183,6 +206,18 @@ def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -
             report(("variants",), f"listed twice in {variants}")
         training_problems(raw, base_dir, [v for v in variants if v in VARIANTS], models, report)
     judge_problems(raw.get("judge", {}), allow_pickle, report)
+    refusal_problems(raw.get("refusals", {}), report)
+    evalset = raw.get("evalset") if isinstance(raw.get("evalset"), dict) else {}
+    suites = evalset.get("suites") if isinstance(evalset.get("suites"), list) else []
+    names = [s.get("name") for s in suites if isinstance(s, dict)]
+    for i, name in enumerate(names):
+        if isinstance(name, str):
+            try:
+                check_suite_name(name, "evalset.suites")
+            except InputError as e:
+                report(("evalset", "suites", i, "name"), str(e))
+    if len(set(map(str, names))) != len(names):
+        report(("evalset", "suites"), f"suite names must differ, got {names}")
     reference = raw.get("reference")
     if isinstance(reference, str) and not Path(reference).is_dir():
         report(("reference",), f"{reference!r} is not a folder of rated answers")
@@ -301,6 +336,26 @@ def judge_problems(judge, allow_pickle: bool, report) -> None:
     elif isinstance(judge.get("model", OPENASSISTANT_JUDGE), str):
         for text in model_problems(judge.get("model", OPENASSISTANT_JUDGE), judge.get("revision"), allow_pickle):
             report(("judge", "model"), text)
+
+
+def refusal_problems(refusals, report) -> None:
+    if not isinstance(refusals, dict):
+        return
+    train, classifier = refusals.get("train"), refusals.get("classifier", "patterns")
+    if train is not None and "classifier" in refusals:
+        report(("refusals",), "refusals.classifier and refusals.train: choose one")
+    if isinstance(train, dict):
+        for p in config_problems(RefusalTrainConfig, {"output_dir": "x", **train}):
+            report(("refusals", "train") + p.loc, p.message)
+        for i, f in enumerate(train.get("labelled") or []):
+            if isinstance(f, str) and not Path(f).is_file():
+                report(("refusals", "train", "labelled", i), f"{f!r} not found")
+    elif isinstance(classifier, str) and classifier not in RULES and not Path(classifier).is_dir():
+        report(("refusals", "classifier"), f"{classifier!r}: expected {', '.join(RULES)} or a folder written by "
+                                           "alignscope train-refusal")
+    for i, f in enumerate(refusals.get("labelled") or []):
+        if isinstance(f, str) and not Path(f).is_file():
+            report(("refusals", "labelled", i), f"{f!r} not found")
 
 
 def hub_dataset_cached() -> bool:

@@ -443,7 +443,7 @@ def save_outputs(trainer, tokenizer, cfg: TrainConfig, out: Path) -> Path:
             base, _ = load_causal_lm(cfg.model, cfg.allow_pickle, cfg.revision)
             merged = PeftModel.from_pretrained(base, target).merge_and_unload()
             atomic_folder(out / "model", lambda d: (merged.save_pretrained(d, safe_serialization=True),
-                                                    tokenizer.save_pretrained(d)))
+                                                    tokenizer.save_pretrained(d)), "merged model")
     state.wait_for_everyone()
     return out / "model"
 
