@@ -23,7 +23,7 @@ from alignscope.data import HHPair, Split, Subset, load_subset, paper_prompt
 from alignscope.io import InputError, atomic_write_json, read_json
 from alignscope.suites import SuiteConfig, check_suite_name, load_suite
 
-PromptFormat = Literal["paper", "hh"]
+PromptFormat = Literal["paper", "hh", "chat"]
 # What an evaluation set file holds: a prompt under any other key would never be answered.
 EVALSET_KEYS = ("harmful", "helpful", "provenance", "suites")
 
@@ -42,7 +42,8 @@ class EvalsetConfig:
     all: bool = False
     """Every matching harmful prompt and every helpful prompt, in file order, instead of a sample."""
     format: PromptFormat = "hh"
-    """`paper`: ends at the Human turn, as the study did; `hh`: ends with "\\n\\nAssistant:"."""
+    """`paper`: ends at the Human turn, as the study did; `hh`: ends with "\\n\\nAssistant:"; `chat`: the hh dialogue,
+    rendered at generation by each model's own chat template."""
     harmful_subset: Subset = "harmless-base"
     helpful_subset: Subset = "helpful-base"
     split: Split = "test"
@@ -54,14 +55,14 @@ class EvalsetConfig:
 def format_prompt(pair: HHPair, fmt: PromptFormat) -> str:
     if fmt == "paper":
         return paper_prompt(pair.chosen_dialogue)
-    if fmt == "hh":
+    if fmt in ("hh", "chat"):  # a chat prompt is rendered per model, when it is answered
         return pair.prompt
-    raise InputError(f"format: expected 'paper' or 'hh', got {fmt!r}")
+    raise InputError(f"format: expected 'paper', 'hh' or 'chat', got {fmt!r}")
 
 
 def single_turn_prompt(text: str, fmt: PromptFormat) -> str:
     """A suite's one-turn prompt in the evaluation set's format (the HH sample's own turns)."""
-    return f"\n\nHuman: {text}" + ("\n\nAssistant:" if fmt == "hh" else "")
+    return f"\n\nHuman: {text}" + ("" if fmt == "paper" else "\n\nAssistant:")
 
 
 def build_suites(cfg: EvalsetConfig) -> dict:

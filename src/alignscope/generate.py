@@ -25,8 +25,10 @@ from pydantic import Field
 from alignscope.answers import CATEGORIES, answer_filename, generation_filename, suite_filename
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
-from alignscope.io import InputError, atomic_write_json, check_name
-from alignscope.models import eos_token_ids, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
+from alignscope.data import dialogue_messages
+from alignscope.io import InputError, atomic_write_json, check_name, sha256_text
+from alignscope.models import (chat_template, end_of_turn_ids, eos_token_ids, load_causal_lm, load_tokenizer,
+                               model_fingerprint, resolve_model)
 
 STOP_EOS, STOP_STRING, STOP_LENGTH = "eos", "stop_string", "length"
 
@@ -87,13 +89,13 @@ def context_limit(model) -> int | None:
 
 
 def encode_prompts(tokenizer, prompts: list[str], cfg: GenerateConfig, limit: int | None,
-                   names: list[str] | None = None) -> tuple[list[list[int]], list[int]]:
+                   names: list[str] | None = None, special_tokens: bool = True) -> tuple[list[list[int]], list[int]]:
     """Token ids of each prompt, and how many tokens were cut from its start to leave room
     for the answer within the model's context. Without truncate_prompts, a prompt that does
     not fit is refused by name (an embedding lookup past the table would fail obscurely)."""
     encoded, cut = [], []
     for i, prompt in enumerate(prompts):
-        ids = tokenizer(prompt)["input_ids"]
+        ids = tokenizer(prompt, add_special_tokens=special_tokens)["input_ids"]
         room = None if limit is None else limit - cfg.max_new_tokens
         if room is None or len(ids) <= room:
             encoded.append(ids)
@@ -245,23 +247,27 @@ def decode(run: Decoding, rows: list[int], prefilled: list, first_logits: list) 
 
 
 def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig = GenerateConfig(),
-                     progress=None, on_answer=None, names: list[str] | None = None) -> list[Answer]:
+                     progress=None, on_answer=None, names: list[str] | None = None,
+                     chat: bool = False) -> list[Answer]:
     """Greedy answers in input order, whatever order the batches ran in.
 
     Prompts are sorted by length and prefilled in small batches (little padding; a
     prompt's forward pass is compute-bound, so a larger batch would not make it
     cheaper), then the prefilled caches are merged into large decoding groups (a
     decoding step reads every weight once whatever the batch, so it pays to decode
-    many answers together)."""
+    many answers together).
+
+    `chat`: the prompts are rendered by the model's chat template (which places any special
+    tokens itself), and an answer also ends at the template's end-of-turn token."""
     import torch
 
     cfg = validated(cfg, "generate")
     if not prompts:
         return []
     stops = [prompt_stops(cfg, p) for p in prompts]
-    encoded, cut = encode_prompts(tokenizer, prompts, cfg, context_limit(model), names)
+    encoded, cut = encode_prompts(tokenizer, prompts, cfg, context_limit(model), names, special_tokens=not chat)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
-    eos = eos_token_ids(model, tokenizer)
+    eos = eos_token_ids(model, tokenizer) | (end_of_turn_ids(tokenizer) if chat else set())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
     answers: list[Answer | None] = [None] * len(prompts)
 
@@ -306,6 +312,16 @@ def settings_key(cfg: GenerateConfig, stops: list[str]) -> dict:
     return key | ({"truncate_prompts": True} if cfg.truncate_prompts else {})
 
 
+def render_chat(tokenizer, prompts: list[str], model_name: str) -> tuple[list[str], dict]:
+    """HH dialogues rendered by the model's own chat template, ready for its answer, and what
+    decides them (the template's hash, its end-of-turn token)."""
+    template = chat_template(tokenizer, model_name)
+    rendered = [tokenizer.apply_chat_template(dialogue_messages(p), tokenize=False, add_generation_prompt=True)
+                for p in prompts]
+    return rendered, {"prompt_format": "chat", "chat_template_sha256": sha256_text(template),
+                      "end_of_turn": tokenizer.convert_ids_to_tokens(sorted(end_of_turn_ids(tokenizer)))}
+
+
 def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig) -> list[Answer]:
     """The same answers format from vLLM (GPU only). vLLM batches continuously, so in
     bf16 its answers may differ from the hf backend's near ties."""
@@ -333,17 +349,26 @@ def _generate_vllm(resolved: str, prompts: list[str], cfg: GenerateConfig) -> li
 
 def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = GenerateConfig(),
                     cache: ResultCache | None = None, allow_pickle: bool = False, revision: str | None = None,
-                    progress=None, names: list[str] | None = None) -> tuple[list[Answer], dict]:
+                    progress=None, names: list[str] | None = None, chat: bool = False) -> tuple[list[Answer], dict]:
     """Answers for `prompts`, computing only those the cache lacks (the model is not even
-    loaded when it has them all). Returns the answers and a summary of the run."""
+    loaded when it has them all). Returns the answers and a summary of the run.
+
+    `chat`: `prompts` are HH dialogues, rendered by the model's chat template before they are answered."""
     import torch
 
     cfg = validated(cfg, "generate")
     cache = cache or disabled_cache()
     resolved = resolve_model(model_spec, allow_pickle)
     fingerprint = model_fingerprint(resolved, revision)
+    given, chat_settings = prompts, {}
+    if chat and cfg.backend == "vllm":
+        raise InputError("the chat prompt format is answered by backend hf only (vLLM would tokenize the rendered "
+                         "prompts again and not stop at the template's end of turn)")
+    if chat:
+        prompts, chat_settings = render_chat(load_tokenizer(resolved, revision), prompts, model_spec)
     # each prompt's own stopping rule is in its key: one prompt in another format leaves the others' entries valid
-    keys = [cache.key("generate", fingerprint, settings_key(cfg, prompt_stops(cfg, p)), p) for p in prompts]
+    keys = [cache.key("generate", fingerprint, settings_key(cfg, prompt_stops(cfg, p)) | chat_settings, p)
+            for p in prompts]
 
     def compute(missing: list[int], store) -> None:
         todo = [prompts[i] for i in missing]
@@ -359,12 +384,12 @@ def generate_cached(model_spec: str, prompts: list[str], cfg: GenerateConfig = G
         tokenizer = load_tokenizer(resolved, revision)
         generate_answers(model, tokenizer, todo, cfg, progress=progress,
                          on_answer=lambda j, answer: store(missing[j], answer.payload()),
-                         names=[names[i] for i in missing] if names else None)
+                         names=[names[i] for i in missing] if names else None, chat=chat)
 
     found, info = cached_map(cache, keys, compute, progress)
     answers = [Answer(p, f["response"], f["tokens"], f["stop"], f["token_ids"], f.get("prompt_tokens_cut", 0))
-               for p, f in zip(prompts, found)]
-    settings = settings_key(cfg, list(cfg.stop_strings)) | {
+               for p, f in zip(given, found)]
+    settings = settings_key(cfg, list(cfg.stop_strings)) | chat_settings | {
         "stop_strings_on": sum(stops_at_human_turn(cfg, p) for p in prompts)}  # prompts they applied to
     info = {"model": model_spec, "resolved": resolved, "revision": revision, "fingerprint": fingerprint,
             "settings": settings, **info, **summarize(answers)}
@@ -376,15 +401,17 @@ def answer_evalset(model_spec: str, evalset: dict, cfg: GenerateConfig = Generat
                    progress=None) -> tuple[dict, dict]:
     """Answers to every prompt of an evaluation set, in its order: {"harmful": [...], "helpful":
     [...]} of {"id", "prompt", "response", "tokens", "stop"}, and {"suites": {name: [...]}} with
-    each answer's category (and type) when the set has suites."""
+    each answer's category (and type) when the set has suites. An evaluation set in the chat format is
+    rendered by the model's own chat template."""
     items = [(cat, None, item) for cat in CATEGORIES for item in evalset[cat]]
     kinds = {name: suite["kind"] for name, suite in evalset.get("suites", {}).items()}
     items += [(item["category"], name, item) for name, suite in evalset.get("suites", {}).items()
               for item in suite["items"]]
+    chat = (evalset.get("provenance") or {}).get("config", {}).get("format") == "chat"
     answers, info = generate_cached(model_spec, [item["prompt"] for _, _, item in items], cfg, cache,
                                     allow_pickle, revision, progress,
                                     names=[f"{suite or ''}{' ' if suite else ''}{cat} prompt {item['id']}"
-                                           for cat, suite, item in items])
+                                           for cat, suite, item in items], chat=chat)
     out = {"harmful": [], "helpful": []}
     for (cat, suite, item), a in zip(items, answers):
         answer = ({"id": item["id"], "prompt": item["prompt"], "response": a.response, "tokens": a.tokens,

@@ -306,6 +306,30 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def chat_template(tokenizer, model_name: str) -> str:
+    """The tokenizer's chat template; a model without one is refused, by name, wherever a chat form is asked for."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template:
+        raise InputError(f"{model_name} has no chat template, so it cannot be prompted or trained in a chat form "
+                         "(prompt format chat, conversational data); use the hh format and plain-text data")
+    return template
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The special token a chat template closes an assistant turn with (ChatML's <|im_end|>, Gemma's
+    <end_of_turn>), read off the template itself; empty when it closes turns with plain text."""
+    mark = "ANSWER-ENDS-HERE"
+    try:
+        exchange = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": mark}]
+        text = tokenizer.apply_chat_template(exchange, tokenize=False)
+    except Exception:  # a template that cannot render this exchange names no end-of-turn token
+        return set()
+    after = text[text.rindex(mark) + len(mark):].lstrip(" ") if mark in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    return {ids[0]} if ids and ids[0] in special else set()
+
+
 def is_dropout_key(key: str) -> bool:
     """A config field that is a drop probability: `dropout`, `attention_dropout`, GPT-2's
     `resid_pdrop`, `layerdrop` (skipping whole layers)..."""

@@ -124,6 +124,9 @@ def train_reward_model(cfg: RewardModelConfig) -> dict:
             return manifest
         raise InputError(f"{out} holds a reward model trained from another config; choose another output_dir")
     loaded = load_pairs(cfg.data)
+    if loaded.pairs and (loaded.pairs[0].conversational or loaded.pairs[0].rejected is None):
+        raise InputError(f"data: {cfg.data.source}: a reward model is trained on plain-text preference pairs "
+                         "(HH-RLHF, or prompt/chosen/rejected strings), as it rates them")
     train_pairs, heldout = split_heldout(loaded.pairs, cfg.heldout_fraction, cfg.training.seed)
     if not train_pairs or not heldout:
         raise InputError(f"data: {len(loaded.pairs)} pairs leave {len(train_pairs)} to train on and "

@@ -25,7 +25,7 @@ from alignscope.answers import (CATEGORIES, answer_filename, answer_files, gener
                                load_rated_files, read_suite_answers, suite_filename)
 from alignscope.cache import ResultCache
 from alignscope.config import parse_config
-from alignscope.data import resolve_file
+from alignscope.data import is_hh_source, resolve_file
 from alignscope.distill import DistillConfig, distill_key, train_judge
 from alignscope.evalset import build_evalset, load_evalset, write_evalset
 from alignscope.generate import answer_evalset, answer_files_of, write_answer_files
@@ -244,8 +244,11 @@ class StudyRun:
         spec = self.cfg.train[variant]
         start = self.models[base.name, "sft"] if variant == "sftdpo" else base.model
         target = self.out / "models" / base.name / variant
-        overrides = [as_override(k, v) for k, v in variant_overrides(spec, base, variant).items()]
-        overrides += [f"model={start}", f"output_dir={target}", f"data.source={self.cfg.data}",
+        chosen = variant_overrides(spec, base, variant)
+        overrides = [as_override(k, v) for k, v in chosen.items()]
+        # the study's HH-RLHF, unless the variant names its own training data
+        source = self.cfg.data if "data.source" not in chosen else own_data(chosen["data.source"], self.base_dir)
+        overrides += [f"model={start}", f"output_dir={target}", f"data.source={source}",
                       f"revision={base.revision if variant != 'sftdpo' and base.revision else 'null'}"]
         if self.cfg.exclude_evalset_from_training:
             overrides.append(f"data.exclude_prompts_of={self.evalset_path}")
@@ -257,11 +260,16 @@ class StudyRun:
         def work() -> dict:
             train(recipe)  # itself skips a finished run of the same recipe and resumes a killed one
             data = read_json(target / "data_manifest.json")
+            hh = is_hh_source(recipe.data.source)  # else the file's or hub dataset's name stands for the subsets
             return {"steps": read_json(target / "done.json")["global_step"], "rows_trained": data["rows_trained"],
-                    "split": recipe.data.split, "subsets": recipe.data.subsets, "method": recipe.method,
+                    "split": recipe.data.split if hh or recipe.data.source.startswith("hub:") else "",
+                    "subsets": recipe.data.subsets if hh else [f["subset"] for f in data["files"]],
+                    "method": recipe.method,
                     "lora": recipe.lora is not None}
 
-        inputs = self.data_files(recipe.data.subsets, recipe.data.split, recipe.data.revision)
+        data = recipe.data
+        inputs = (self.data_files(data.subsets, data.split, data.revision) if is_hh_source(data.source) else
+                  [Path(data.source)] if Path(data.source).is_file() else [])  # a hub dataset: its commit is hashed
         inputs += [self.evalset_path] if self.cfg.exclude_evalset_from_training else []
         return Stage(f"train {base.name}/{variant}", inputs, recipe_hash(recipe),
                      [target / "model", target / "done.json"], work)
@@ -526,6 +534,11 @@ class StudyRun:
             seeds={"evalset": self.cfg.evalset.seed, "metrics_bootstrap": self.cfg.metrics.seed,
                    "training": {name: record["seed"] for name, record in trained.items()}},
             timings=self.stages.timings)
+
+
+def own_data(source: str, base_dir: Path) -> str:
+    """A variant's own training data: a hub dataset as named, a file as it stands or next to the config."""
+    return source if source.startswith("hub") else str(resolve_path(source, base_dir))
 
 
 def progress_bar(total: int, desc: str, quiet: bool):

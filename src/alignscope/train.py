@@ -31,10 +31,11 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from alignscope.config import load_config, validated
-from alignscope.data import DataConfig, HHPair, LoadedData, data_fingerprint, load_pairs
+from alignscope.data import DataConfig, LoadedData, Pair, data_fingerprint, load_pairs, text_of
 from alignscope.io import (InputError, atomic_folder, atomic_write_json, atomic_write_text, read_json,
-                           replace_folder, sha256_json)
-from alignscope.models import choose_precision, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
+                           replace_folder, sha256_json, sha256_text)
+from alignscope.models import (chat_template, choose_precision, load_causal_lm, load_tokenizer, model_fingerprint,
+                               resolve_model)
 from alignscope.provenance import package_versions
 from alignscope.trl_patches import compact_lm_head, resumable
 
@@ -155,15 +156,16 @@ def recipe_hash(cfg: TrainConfig) -> str:
 
 # --------------------------------------------------------------------------- data
 
-def sft_dataset(pairs: list[HHPair]):
-    """prompt / completion rows: the chosen reply is the completion (TRL appends EOS)."""
+def sft_dataset(pairs: list[Pair]):
+    """prompt / completion rows: the chosen reply is the completion (TRL appends EOS to text; a chat
+    template ends a conversational reply with its own end-of-turn token)."""
     from datasets import Dataset
 
     return Dataset.from_dict({"prompt": [p.prompt for p in pairs], "completion": [p.chosen for p in pairs],
                               "id": [p.id for p in pairs]})
 
 
-def dpo_dataset(pairs: list[HHPair]):
+def dpo_dataset(pairs: list[Pair]):
     from datasets import Dataset
 
     return Dataset.from_dict({"prompt": [p.prompt for p in pairs], "chosen": [p.chosen for p in pairs],
@@ -286,7 +288,8 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, dataset, ref_model=None, p
     if cfg.training.group_by_length:
         # preference rows have no input_ids: give the sampler a length (characters of the longer side)
         kwargs["train_dataset"] = dataset.map(
-            lambda r: {"length": len(r["prompt"]) + max(len(r["chosen"]), len(r["rejected"]))})
+            lambda r: {"length": len(text_of(r["prompt"])) + max(len(text_of(r["chosen"])),
+                                                                 len(text_of(r["rejected"])))})
     return resumable(DPOTrainer)(ref_model=ref_model, **kwargs)
 
 
@@ -318,6 +321,11 @@ def setup(cfg: TrainConfig) -> Setup:
     loaded = load_pairs(cfg.data)
     if not loaded.pairs:
         raise InputError("data: the recipe selects no training pairs")
+    if cfg.method == "dpo" and loaded.pairs[0].rejected is None:
+        raise InputError(f"data: DPO needs chosen and rejected replies; {cfg.data.source} is in "
+                         f"{loaded.summary['files'][0].get('format')} format (SFT data)")
+    if loaded.pairs[0].conversational:
+        chat_template(tokenizer, cfg.model)
     ref_model = None
     if cfg.method == "dpo" and (cfg.dpo.reference or not cfg.lora):
         # Without LoRA, TRL would reload the reference from config._name_or_path; load it ourselves.
@@ -381,9 +389,12 @@ def write_run_inputs(cfg: TrainConfig, loaded: LoadedData, trainer, out: Path) -
     the manifest records the rows actually trained on."""
     trained = list(trainer.train_dataset["id"])
     kept = set(trained)
+    template = {}
+    if loaded.pairs and loaded.pairs[0].conversational:
+        template = {"chat_template_sha256": sha256_text(trainer.processing_class.chat_template)}
     atomic_write_text(out / "recipe.yaml", _yaml(asdict(cfg)))
     atomic_write_json(out / "data_manifest.json", {
-        **loaded.summary, "rows_trained": len(trained), "dropped_by_trainer": [p.id for p in loaded.pairs
+        **loaded.summary, **template, "rows_trained": len(trained), "dropped_by_trainer": [p.id for p in loaded.pairs
                                                                               if p.id not in kept],
         "rows": trained, "rows_sha256": sha256_json(trained)})
 
