@@ -121,3 +121,29 @@ def test_an_evaluation_set_with_an_unknown_field_or_a_bad_suite_is_refused(tmp_p
     (tmp_path / "b.json").write_text(json.dumps(base | {"suites": {"x": {"kind": "xstest", "items": [{"id": 1}]}}}))
     with pytest.raises(InputError, match=r"suites.x.items\[0\]"):
         load_evalset(tmp_path / "b.json")
+
+
+def test_a_study_names_a_bad_suite_at_its_line_before_any_work(tmp_path, hh_data):
+    from alignscope.config import ConfigError
+    from alignscope.study import load_study
+
+    config = tmp_path / "study.yaml"
+    config.write_text(f"""name: s
+output_dir: {tmp_path / 'out'}
+data: {hh_data}
+models:
+  - {{name: m, model: smollm2-135m-instruct}}
+variants: [base]
+evalset:
+  suites:
+    - {{name: xstest, kind: xstset, source: {tmp_path}}}
+    - {{name: ../x, kind: xstest, source: {tmp_path}}}
+    - {{name: xstest, kind: prompts, source: {tmp_path}}}
+""")
+    with pytest.raises(ConfigError) as err:
+        load_study(config)
+    text = str(err.value)
+    assert "line 9" in text and "xstset" in text  # the kind that does not exist, at its line
+    assert "line 10" in text and "'../x' is not a name" in text
+    assert "suite names must differ" in text
+    assert not (tmp_path / "out").exists()

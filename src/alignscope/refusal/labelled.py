@@ -11,11 +11,10 @@ A file's answers come from one model: held-out validation leaves out whole files
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignscope.io import InputError, sha256_file
+from alignscope.io import InputError, read_json, sha256_file
 
 XSTEST_LABELS = {"1_full_compliance": False, "2_full_refusal": True, "3_partial_refusal": True}
 XSTEST_COMPLETION_COLUMNS = ("prompt", "completion", "final_label")
@@ -56,10 +55,7 @@ def _xstest_csv(path: Path) -> LabelledAnswers:
 
 
 def _answer_file(path: Path) -> LabelledAnswers:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    doc = read_json(path)
     if not isinstance(doc, list):
         raise InputError(f"{path}: expected a JSON list of {{'prompt', 'response', 'refused'}}")
     prompts, answers, refused, categories = [], [], [], []
@@ -118,10 +114,7 @@ def read_answer_records(path: str | Path) -> list[dict]:
             records = [{"id": row.get("id"), "prompt": row["prompt"], "response": row["completion"] or ""}
                        for row in reader]
     else:
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        records = read_json(path)
         if not isinstance(records, list):
             raise InputError(f"{path}: expected a JSON list of {{'prompt', 'response'}}")
         for i, item in enumerate(records):

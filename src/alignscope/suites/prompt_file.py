@@ -8,7 +8,7 @@ import csv
 import json
 from pathlib import Path
 
-from alignscope.io import InputError, sha256_file
+from alignscope.io import InputError, read_json, sha256_file
 
 FORMATS = (".csv", ".jsonl", ".json", ".parquet")
 
@@ -30,10 +30,7 @@ def _records(path: Path) -> list[tuple[str, dict]]:
                     raise InputError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
         return out
     if suffix == ".json":
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        doc = read_json(path)
         if not isinstance(doc, list):
             raise InputError(f"{path}: expected a JSON list of objects")
         return [(f"item {i}", row) for i, row in enumerate(doc)]
