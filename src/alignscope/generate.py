@@ -22,7 +22,7 @@ from typing import Annotated, Any, Callable, Literal
 
 from pydantic import Field
 
-from alignscope.answers import CATEGORIES, answer_filename, generation_filename, suite_filename
+from alignscope.answers import CATEGORIES, answer_filename, generation_filename, read_answers, suite_filename
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
 from alignscope.data import dialogue_messages
@@ -292,6 +292,12 @@ def generate_answers(model, tokenizer, prompts: list[str], cfg: GenerateConfig =
     return answers  # type: ignore[return-value]
 
 
+def answers_of_file(path: str | Path) -> list[Answer]:
+    """An answer file's answers, as generation made them (for counting how they ended)."""
+    return [Answer(a["prompt"], a["response"], a.get("tokens", 0), a.get("stop", STOP_LENGTH), [],
+                   a.get("prompt_tokens_cut", 0)) for a in read_answers(Path(path))]
+
+
 def summarize(answers: list[Answer]) -> dict:
     counts = {STOP_EOS: 0, STOP_STRING: 0, STOP_LENGTH: 0}
     for a in answers:
@@ -412,6 +418,11 @@ def answer_evalset(model_spec: str, evalset: dict, cfg: GenerateConfig = Generat
                                     allow_pickle, revision, progress,
                                     names=[f"{suite or ''}{' ' if suite else ''}{cat} prompt {item['id']}"
                                            for cat, suite, item in items], chat=chat)
+    # how answers ended, counted over the HH prompts (what the report tests against the base), each suite apart
+    hh = sum(suite is None for _, suite, _ in items)
+    info |= summarize(answers[:hh])
+    if kinds:
+        info["suites"] = {name: summarize([a for (_, s, _), a in zip(items, answers) if s == name]) for name in kinds}
     out = {"harmful": [], "helpful": []}
     for (cat, suite, item), a in zip(items, answers):
         answer = ({"id": item["id"], "prompt": item["prompt"], "response": a.response, "tokens": a.tokens,

@@ -365,8 +365,6 @@ def figure_tradeoff(metrics: dict, path: Path) -> None:
             ax.errorbar(over["rate"], unsafe["rate"], xerr=[[over["rate"] - over["ci"][0]], [over["ci"][1] - over["rate"]]],
                         yerr=[[unsafe["rate"] - unsafe["ci"][0]], [unsafe["ci"][1] - unsafe["rate"]]], fmt="o",
                         color=color, capsize=3, label=display(model))
-            ax.annotate(display(model), (over["rate"], unsafe["rate"]), textcoords="offset points", xytext=(6, 6),
-                        fontsize=8)
     ax.set_xlim(-2, 102)
     ax.set_ylim(-2, 102)
     ax.set_xlabel("over-refusal: safe XSTest prompts refused (%)")

@@ -28,7 +28,7 @@ from alignscope.config import parse_config
 from alignscope.data import is_hh_source, resolve_file
 from alignscope.distill import DistillConfig, distill_key, train_judge
 from alignscope.evalset import build_evalset, load_evalset, write_evalset
-from alignscope.generate import answer_evalset, answer_files_of, write_answer_files
+from alignscope.generate import answer_evalset, answer_files_of, answers_of_file, summarize, write_answer_files
 from alignscope.html_report import write_html_report
 from alignscope.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fingerprint
@@ -408,8 +408,10 @@ class StudyRun:
             pairs = [["base", v] for v in self.variants[1:]]
             pairs += [["sft", "sftdpo"]] if {"sft", "sftdpo"} <= set(self.variants) else []
             metrics_cfg = MetricsConfig(**{**asdict(self.cfg.metrics), "retention_pairs": pairs})
-        answer_info = {v: {k: self.answers[base.name, v][k] for k in ("answers", "stopped", "empty", "mean_tokens")}
-                       for v in self.variants}
+        # counted from the HH answer files themselves: what the stop tests read, whatever else was asked
+        answer_info = {v: {k: summarize([a for c in CATEGORIES for a in answers_of_file(
+            self.out / "answers" / base.name / answer_filename(VARIANT_INDEX[v], v, c))])[k]
+            for k in ("answers", "stopped", "empty", "mean_tokens")} for v in self.variants}
         train_info = {v: self.trained[base.name, v] for v in self.variants if (base.name, v) in self.trained}
         notes = study_notes(study=self.cfg.name, base_model=base.model, evalset=self.evalset,
                             max_new_tokens=self.cfg.generate.max_new_tokens, data=self.cfg.data,

@@ -84,11 +84,15 @@ def predictions(measure, labelled: LabelledAnswers, cut: list[str]) -> tuple[dic
 
 
 def cut_tokenizer(measure, cfg: RefusalCardConfig):
+    """Whose tokens the cut counts: a trained classifier's backbone's (as it was validated), else the
+    configured tokenizer. Only the tokenizer loads: held-out predictions need no encoder."""
     from transformers import AutoTokenizer
 
     if isinstance(measure, TrainedRefusals):
-        return measure.encoder.tokenizer, measure.record["config"]["cut_tokens"]
-    return AutoTokenizer.from_pretrained(resolve_model(cfg.cut_tokenizer, cfg.allow_pickle)), cfg.cut_tokens
+        spec, n = measure.record["backbone"]["spec"], measure.record["config"]["cut_tokens"]
+    else:
+        spec, n = cfg.cut_tokenizer, cfg.cut_tokens
+    return AutoTokenizer.from_pretrained(resolve_model(spec, cfg.allow_pickle)), n
 
 
 def refusal_card(cfg: RefusalCardConfig, labelled_paths: list[str], metrics_cfg: MetricsConfig = MetricsConfig()) -> dict:
