@@ -12,6 +12,7 @@ read-only file system) is an InputError naming the path and the reason.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import math
@@ -238,6 +239,17 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def read_csv_rows(path: Path, columns: tuple[str, ...] = (), layout: str = "") -> list[tuple[int, dict]]:
+    """(line number, row) for each row of a CSV file, refusing one without `columns` (`layout` says
+    what file was expected). The line is where the row ends, as csv counts it: a quoted field may span lines."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path}: line 1: missing column(s) {', '.join(missing)}; {layout}")
+        return [(reader.line_num, row) for row in reader]
 
 
 def finite_or_none(x: float | None) -> float | None:

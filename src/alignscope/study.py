@@ -47,6 +47,7 @@ from alignscope.score import ScoreConfig, rate_files, rated_paths
 from alignscope.stages import Stage, StageLog
 from alignscope.study_config import (VARIANT_INDEX, VARIANTS, BaseModelConfig, StudyConfig, as_override,
                                      load_study, resolve_path, trained_variants, variant_overrides)
+from alignscope.suites import local_file
 from alignscope.train import load_recipe, recipe_hash, train
 
 __all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
@@ -54,7 +55,7 @@ __all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
 # The code that computes and renders a report is part of its key: rerendering takes a
 # second, and a report left by an older alignscope would otherwise stand beside newer results.
 REPORT_CODE = ("agreement.py", "answers.py", "markdown.py", "metrics.py", "report.py", "scale.py",
-               "html_report.py", "html/browser.js", "html/page.css")
+               "html_report.py", "html/browser.js", "html/page.css", "refusal/card.py")
 
 
 def code_hash(files: tuple[str, ...]) -> list[str]:
@@ -149,8 +150,7 @@ class StudyRun:
 
     def evalset_stage(self) -> Stage:
         cfg = dataclasses.replace(self.cfg.evalset, data=self.cfg.data)
-        suite_files = [Path(s.source) / "xstest_prompts.csv" if Path(s.source).is_dir() else Path(s.source)
-                       for s in cfg.suites if s.source != "hub"]
+        suite_files = [f for f in map(local_file, cfg.suites) if f]
         return Stage("evalset", self.data_files([cfg.harmful_subset, cfg.helpful_subset], cfg.split, cfg.revision)
                      + suite_files, {**asdict(cfg), "data": None}, [self.evalset_path],
                      lambda: str(write_evalset(build_evalset(cfg), self.evalset_path)))
@@ -443,8 +443,7 @@ class StudyRun:
                 sections.append(judge_check_section(models, judge))
             write_report(models, folder, metrics_cfg, report_cfg, extra, sections, leading, refusals, suites)
 
-        key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info, judge, code_hash(REPORT_CODE),
-               code_hash(("refusal/card.py",))]
+        key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info, judge, code_hash(REPORT_CODE)]
         inputs = [self.refusals_path(base)] + ([card] if self.refusal_labelled() else [])
         return Stage(f"report {base.name}", files + self.reference_files() + inputs, key,
                      [folder / "metrics.json", folder / "report.md", folder / "report.html"], work)

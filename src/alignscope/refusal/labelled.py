@@ -10,11 +10,10 @@ A file's answers come from one model: held-out validation leaves out whole files
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alignscope.io import InputError, read_json, sha256_file
+from alignscope.io import InputError, read_csv_rows, read_json, sha256_file
 
 XSTEST_LABELS = {"1_full_compliance": False, "2_full_refusal": True, "3_partial_refusal": True}
 XSTEST_COMPLETION_COLUMNS = ("prompt", "completion", "final_label")
@@ -34,22 +33,17 @@ class LabelledAnswers:
 
 def _xstest_csv(path: Path) -> LabelledAnswers:
     prompts, answers, refused, categories = [], [], [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in XSTEST_COMPLETION_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path}: line 1: missing column(s) {', '.join(missing)}; an XSTest completion file "
-                             f"has {', '.join(XSTEST_COMPLETION_COLUMNS)} among its columns")
-        for row in reader:
-            label = row["final_label"]
-            if label not in XSTEST_LABELS:
-                raise InputError(f"{path}: line {reader.line_num}: final_label {label!r}; expected one of "
-                                 f"{', '.join(XSTEST_LABELS)}")
-            prompts.append(row["prompt"])
-            answers.append(row["completion"] or "")
-            refused.append(XSTEST_LABELS[label])
-            categories.append("unsafe" if (row.get("type") or "").startswith("contrast_") else "safe"
-                              if row.get("type") else None)
+    for line, row in read_csv_rows(path, XSTEST_COMPLETION_COLUMNS, "an XSTest completion file has "
+                                   f"{', '.join(XSTEST_COMPLETION_COLUMNS)} among its columns"):
+        label = row["final_label"]
+        if label not in XSTEST_LABELS:
+            raise InputError(f"{path}: line {line}: final_label {label!r}; expected one of "
+                             f"{', '.join(XSTEST_LABELS)}")
+        prompts.append(row["prompt"])
+        answers.append(row["completion"] or "")
+        refused.append(XSTEST_LABELS[label])
+        categories.append("unsafe" if (row.get("type") or "").startswith("contrast_") else "safe"
+                          if row.get("type") else None)
     name = path.stem.removeprefix("completions_")
     return LabelledAnswers(name, str(path), sha256_file(path), prompts, answers, refused, categories)
 
@@ -105,14 +99,10 @@ def read_answer_records(path: str | Path) -> list[dict]:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file; expected answers")
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in ("prompt", "completion") if c not in (reader.fieldnames or [])]
-            if missing:
-                raise InputError(f"{path}: line 1: missing column(s) {', '.join(missing)}; expected XSTest's "
-                                 "completion layout (id, prompt, completion, ...)")
-            records = [{"id": row.get("id"), "prompt": row["prompt"], "response": row["completion"] or ""}
-                       for row in reader]
+        rows = read_csv_rows(path, ("prompt", "completion"),
+                             "expected XSTest's completion layout (id, prompt, completion, ...)")
+        records = [{"id": row.get("id"), "prompt": row["prompt"], "response": row["completion"] or ""}
+                   for _, row in rows]
     else:
         records = read_json(path)
         if not isinstance(records, list):

@@ -17,11 +17,9 @@ from pydantic import Field
 
 from alignscope.io import InputError, check_name
 from alignscope.suites.prompt_file import read_prompt_file
-from alignscope.suites.xstest import XSTEST_CATEGORIES, read_xstest
+from alignscope.suites.xstest import XSTEST_CATEGORIES, read_xstest, xstest_path
 
 SuiteKind = Literal["xstest", "prompts"]
-# What a refusal means in each category of a suite whose categories say what an answer should do.
-EXPECTED_REFUSAL = {"xstest": {"safe": False, "unsafe": True}}
 
 
 @dataclass
@@ -65,6 +63,13 @@ def stratified_sample(rows: list[dict], n: int, seed: int) -> list[dict]:
     return [rows[i] for i in sorted(picked)]
 
 
+def local_file(cfg: SuiteConfig) -> Path | None:
+    """The file a suite reads, where it is local (a hub download is pinned by its revision instead)."""
+    if cfg.source == "hub":
+        return None
+    return xstest_path(cfg.source) if cfg.kind == "xstest" else Path(cfg.source)
+
+
 def load_suite(cfg: SuiteConfig) -> tuple[list[dict], dict]:
     """The suite's prompts as {"id", "text", "category", "type"} rows, and where they came from."""
     check_suite_name(cfg.name, f"suite {cfg.name!r}")
@@ -95,4 +100,4 @@ def load_suite(cfg: SuiteConfig) -> tuple[list[dict], dict]:
     return picked, info
 
 
-__all__ = ["EXPECTED_REFUSAL", "SuiteConfig", "XSTEST_CATEGORIES", "check_suite_name", "load_suite"]
+__all__ = ["SuiteConfig", "XSTEST_CATEGORIES", "check_suite_name", "load_suite", "local_file"]

@@ -4,11 +4,10 @@ for Parquet)."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-from alignscope.io import InputError, read_json, sha256_file
+from alignscope.io import InputError, read_csv_rows, read_json, sha256_file
 
 FORMATS = (".csv", ".jsonl", ".json", ".parquet")
 
@@ -17,9 +16,7 @@ def _records(path: Path) -> list[tuple[str, dict]]:
     """(where, row) for every row: `line N` for text formats, `row N` for Parquet."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            return [(f"line {reader.line_num}", row) for row in reader]
+        return [(f"line {line}", row) for line, row in read_csv_rows(path)]
     if suffix == ".jsonl":
         out = []
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):

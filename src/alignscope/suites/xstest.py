@@ -4,10 +4,9 @@ dataset Paul/XSTest)."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from alignscope.io import InputError, sha256_file
+from alignscope.io import InputError, read_csv_rows, sha256_file
 
 HUB_XSTEST = "Paul/XSTest"
 XSTEST_FILE = "xstest_prompts.csv"
@@ -37,20 +36,13 @@ def xstest_path(source: str, revision: str | None = None) -> Path:
 def read_xstest(source: str, revision: str | None = None) -> tuple[list[dict], dict]:
     path = xstest_path(source, revision)
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in XSTEST_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path}: line 1: missing column(s) {', '.join(missing)}; XSTest's prompt file has "
-                             f"{', '.join(XSTEST_COLUMNS)}")
-        for row in reader:
-            line = reader.line_num
-            if row["label"] not in XSTEST_CATEGORIES:
-                raise InputError(f"{path}: line {line}: label {row['label']!r}; expected safe or unsafe")
-            if not (row["prompt"] or "").strip():
-                raise InputError(f"{path}: line {line}: empty prompt")
-            rows.append({"id": f"xstest-{row['id']}", "text": row["prompt"], "category": row["label"],
-                         "type": row["type"], "_order": len(rows)})
+    for line, row in read_csv_rows(path, XSTEST_COLUMNS, f"XSTest's prompt file has {', '.join(XSTEST_COLUMNS)}"):
+        if row["label"] not in XSTEST_CATEGORIES:
+            raise InputError(f"{path}: line {line}: label {row['label']!r}; expected safe or unsafe")
+        if not (row["prompt"] or "").strip():
+            raise InputError(f"{path}: line {line}: empty prompt")
+        rows.append({"id": f"xstest-{row['id']}", "text": row["prompt"], "category": row["label"],
+                     "type": row["type"], "_order": len(rows)})
     if not rows:
         raise InputError(f"{path}: no prompts")
     return rows, {"source": source, "path": str(path), "sha256": sha256_file(path), "revision": revision,
