@@ -29,12 +29,12 @@ def opt_tokenizer(tmp: Path):
                                              eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
 
 
-def tiny_opt(folder: Path, seed: int = 0, **overrides) -> Path:
-    """A 2-layer OPT saved as a model folder (safetensors + tokenizer)."""
+def tiny_opt(folder: Path, seed: int = 0, tok=None, **overrides) -> Path:
+    """A 2-layer OPT saved as a model folder (safetensors + tokenizer); `tok`: another tokenizer than OPT's."""
     import torch
     from transformers import OPTConfig, OPTForCausalLM
 
-    tok = opt_tokenizer(folder.parent / f".{folder.name}-tok")
+    tok = tok or opt_tokenizer(folder.parent / f".{folder.name}-tok")
     shape = dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32,
                  max_position_embeddings=512)
     cfg = OPTConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
@@ -115,19 +115,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 def tiny_chat_opt(folder: Path, seed: int = 0) -> Path:
     """A 2-layer OPT with a ChatML chat template: <|im_start|> and <|im_end|> added as special
     tokens, <|im_end|> closing each turn while EOS stays `</s>`, as in many chat models."""
-    import torch
-    from transformers import OPTConfig, OPTForCausalLM
-
     tok = opt_tokenizer(folder.parent / f".{folder.name}-tok")
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHATML
-    cfg = OPTConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                    pad_token_id=tok.pad_token_id, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-                    num_attention_heads=2, word_embed_proj_dim=32, max_position_embeddings=512)
-    torch.manual_seed(seed)
-    model = OPTForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    return folder
+    return tiny_opt(folder, seed, tok)
