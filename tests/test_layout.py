@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "alignscope"
 HELPERS = ["io", "config", "cache", "models", "answers", "trl_patches", "provenance", "kv_cache", "stages", "markdown"]
 # the pipeline, in order; each may import helpers and earlier stages
 # (a subpackage's modules are named with a dot; the subpackage itself by its __init__)
-PIPELINE = ["data", "suites.xstest", "suites.prompt_file", "suites", "evalset", "train", "generate", "judge",
+PIPELINE = ["data", "suites.xstest", "suites.prompt_file", "suites", "evalset", "heldout", "train", "generate", "judge",
             "reward_model", "score", "refusal.patterns", "refusal.baseline", "refusal.labelled", "refusal.classifier",
             "refusal", "metrics", "refusal.card", "distill", "agreement", "html_report", "report", "scale", "study_config", "study",
             "cli", "__main__"]

@@ -59,3 +59,18 @@ def test_resumable_trainers_use_the_epoch_seeded_sampler(tmp_path):
         sampler.set_epoch(1)
         orders.append(list(sampler))
     assert orders[0] == orders[1] and sorted(orders[0]) == list(range(12))
+
+
+def test_every_dpo_loss_a_recipe_may_declare_is_one_trl_offers():
+    """DPOSettings.loss_type lists TRL's losses, so that a typo fails at validation with its line: the list must
+    be exactly the installed DPOTrainer's (its unknown-loss error names them all)."""
+    import inspect
+    import re
+
+    from trl.trainer import dpo_trainer
+
+    from alignscope.train import DPO_LOSSES
+
+    named = re.search(r"Unknown loss type: \{loss_type\}\. Should be one of \[(.*?)\]", inspect.getsource(dpo_trainer),
+                      re.S).group(1)
+    assert sorted(DPO_LOSSES) == sorted(re.findall(r"'(\w+)'", named))

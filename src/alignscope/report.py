@@ -577,6 +577,7 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
         *leading_sections,
         "## Table 1: rates and mean rewards",
         "", table1(metrics), "",
+        *([training_section(metrics)] if metrics.get("training") else []),
         f"## Table 2: change relative to {display(metrics['base'])}",
         "", table2(metrics), "",
         "## What the data supports", "", findings(metrics), "",
@@ -681,9 +682,64 @@ def study_notes(*, study: str, base_model: str, evalset: dict, max_new_tokens: i
 def training_description(variant: str, trained: dict | None) -> str:
     if trained is None:
         return "not trained"
-    return (f"{trained['method'].upper()}{' (LoRA)' if trained['lora'] else ''}"
-            f"{' from SFT' if variant == 'sftdpo' else ''}, {trained['steps']} steps on "
+    how = [w for w in ("LoRA" if trained["lora"] else "", trained.get("loss_type") or "") if w and w != "sigmoid"]
+    start = trained.get("from", "base")
+    return (f"{trained['method'].upper()}{' (' + ', '.join(how) + ')' if how else ''}"
+            f"{' from ' + display(start) if start != 'base' else ''}, {trained['steps']} steps on "
             f"{trained['rows_trained']} pairs of {'+'.join(trained['subsets'])} {trained['split']}")
+
+
+def training_section(metrics: dict) -> str:
+    """What training did to each trained variant's own objective, on pairs it never saw: the evidence that
+    a difference in Table 1 comes from a model that learned something, or from one that did not."""
+    rows, unlearned, sft_flat, missing = [], [], [], []
+    for v, t in metrics["training"].items():
+        h = t.get("heldout") or {}
+        name = display(v) + ("" if v in metrics["models"] else " (trained to start another; not evaluated)")
+        loss = accuracy = margin = by_subset = "n/a"
+        if "sft" in h:
+            s = h["sft"]
+            loss = (f"{fmt(s['loss_before'], 3)} -> {fmt(s['loss_after'], 3)} ({fmt(s['change'], 3, sign=True)} "
+                    f"{ci(s['change_ci'], 3)})")
+            verdict = "lowered its held-out loss" if s["learned"] else "**did not measurably lower its held-out loss**"
+            (sft_flat if not s["learned"] else []).append(display(v))
+        elif "dpo" in h:
+            d = h["dpo"]
+            accuracy = f"{d['correct']}/{d['pairs']} = {fmt(100 * d['accuracy'], 0)}% {ci([100 * x for x in d['accuracy_ci']])}"
+            margin = f"{fmt(d['margin'], 3, sign=True)} {ci(d['margin_ci'], 3)}"
+            by_subset = ", ".join(f"{k} {x['correct']}/{x['pairs']}" for k, x in d["by_subset"].items())
+            verdict = ("learned its preferences" if d["learned"] else
+                       "**did not measurably learn its preferences**")
+            (unlearned if not d["learned"] else []).append(display(v))
+        else:
+            verdict = "no held-out pairs"
+            missing.append(display(v))
+        rows.append([name, training_description(v, t), str(h.get("pairs", 0)), loss, accuracy, margin, by_subset,
+                     verdict])
+    level = next((f"{h[k]['confidence']:.0%}" for t in metrics["training"].values() for h in [t.get("heldout") or {}]
+                  for k in ("sft", "dpo") if k in h), "95%")
+    lines = ["## What training did", "",
+             "Each trained variant on held-out pairs of its own training data: the last rows of each subset it "
+             "trained on, sharing no dialogue with its training rows, those of the model it started from, or the "
+             "evaluation set. SFT: per-token loss of the chosen replies before and after training (change with a "
+             "bootstrap interval over replies). DPO: how often the implicit reward, log pi(reply) - log "
+             "pi_ref(reply) summed over the reply, prefers the chosen reply (Wilson interval; 50% is chance, and "
+             "what the untrained model scores, every pair tying), and the mean margin in nats (t interval), "
+             f"against the model it started from. Intervals at {level}.", "",
+             table(["Model", "training", "held-out pairs", "per-token loss, before -> after (change)",
+                    "implicit-reward accuracy", "mean margin, nats", "accuracy by subset", "verdict"], rows), ""]
+    if unlearned:
+        lines += [f"**Did not measurably learn its preferences** (held-out accuracy interval includes 50%): "
+                  f"{', '.join(unlearned)}. What the tables say of {'it' if len(unlearned) == 1 else 'them'} is the "
+                  "effect of a model that DPO barely moved, not of DPO as it works at scale.", ""]
+    elif any("dpo" in (t.get("heldout") or {}) for t in metrics["training"].values()):
+        lines += ["Every DPO variant's held-out accuracy interval lies above 50%.", ""]
+    if sft_flat:
+        lines += [f"Did not measurably lower its held-out loss: {', '.join(sft_flat)}.", ""]
+    if missing:
+        lines += [f"No held-out pairs were left for {', '.join(missing)} (every row of the split was trained on, "
+                  "or heldout.pairs is 0): set `heldout.split` in its recipe to another split.", ""]
+    return "\n".join(lines)
 
 
 def answers_section(variants: list[str], answer_info: dict, train_info: dict, stop_tests: list[dict]) -> str:

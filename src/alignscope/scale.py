@@ -31,10 +31,12 @@ def paired_change(before: np.ndarray, after: np.ndarray, cfg: MetricsConfig) -> 
             "ci": [float(res.confidence_interval.low), float(res.confidence_interval.high)]}
 
 
-def scale_analysis(per_base: dict, params: dict, rated: dict[str, list[RatedModel]], cfg: MetricsConfig) -> dict:
-    """Per base model (smallest first): each variant's rates, and the base -> DPO (and -> SFT+DPO)
-    change in HpR with its interval, its test (p and the base's own Benjamini-Hochberg q, the
-    rule every report uses) and retention; across sizes, the trend of that change."""
+def scale_analysis(per_base: dict, params: dict, rated: dict[str, list[RatedModel]], cfg: MetricsConfig,
+                   after_dpo: list[str] = ("dpo", "sftdpo")) -> dict:
+    """Per base model (smallest first): each variant's rates, and the change in HpR from base to each
+    variant of `after_dpo` (the study's DPO variants, in declared order) with its interval, its test
+    (p and the base's own Benjamini-Hochberg q, the rule every report uses) and retention; across
+    sizes, the trend of that change."""
     sizes = sorted(per_base, key=lambda name: params[name])
     rows, deltas = [], {}
     for name in sizes:
@@ -45,7 +47,7 @@ def scale_analysis(per_base: dict, params: dict, rated: dict[str, list[RatedMode
             row["variants"][v] = {"HpR": m["HpR"], "HpR_ci": m["HpR_ci"], "HmR": m["HmR"],
                                   "HmR_ci": m["HmR_ci"], "mean_helpful_reward": m["mean_reward"]["helpful"],
                                   "mean_helpful_reward_ci": m["mean_reward_ci"]["helpful"]}
-        for after in [v for v in ("dpo", "sftdpo") if v in flags]:
+        for after in [v for v in after_dpo if v in flags]:
             change = paired_change(flags["base"], flags[after], cfg)
             test = next(t for t in metrics["paired_tests"] if t["metric"] == "HpR" and {t["a"], t["b"]} == {"base", after})
             retained = next((r for r in metrics["retention"] if r["before"] == "base" and r["after"] == after), None)
@@ -60,7 +62,7 @@ def scale_analysis(per_base: dict, params: dict, rated: dict[str, list[RatedMode
             # a change equal at every size leaves r and p undefined: null, and said so in the report
             trends[after] = {"slope_per_decade": finite_or_none(fit.slope), "p_value": finite_or_none(fit.pvalue),
                              "r": finite_or_none(fit.rvalue), "sizes": len(values)}
-    return {"rows": rows, "trend": trends, "confidence": cfg.confidence,
+    return {"rows": rows, "trend": trends, "confidence": cfg.confidence, "after": list(after_dpo),
             "method": "change = HpR(after) - HpR(base) on the same prompts, "
             "percentile bootstrap over prompts; significance: Benjamini-Hochberg q of the base's exact McNemar "
             f"tests, q < {SIGNIFICANCE}; trend = least-squares slope of the change on log10(parameters) "
@@ -79,7 +81,7 @@ def scale_figure(analysis: dict, path: Path) -> None:
 
     rows = analysis["rows"]
     x = np.array([r["parameters"] for r in rows])
-    variants = [v for v in ("base", "sft", "dpo", "sftdpo") if all(v in r["variants"] for r in rows)]
+    variants = [v for v in rows[0]["variants"] if all(v in r["variants"] for r in rows)]
     fig, axes = plt.subplots(1, 4, figsize=(17, 4.2))
     for ax, key, label in zip(axes[:3], ("HpR", "HmR", "mean_helpful_reward"),
                               ("HpR %", "HmR %", "mean reward, helpful prompts")):
@@ -94,7 +96,7 @@ def scale_figure(analysis: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(frameon=False, fontsize=8)
     ax = axes[3]
-    for after in ("dpo", "sftdpo"):
+    for after in analysis.get("after", ("dpo", "sftdpo")):
         key = f"base_to_{after}"
         if all(key in r for r in rows):
             y = np.array([r[key]["change"] for r in rows])
@@ -121,7 +123,7 @@ def scale_markdown(title: str, study: str, analysis: dict) -> str:
     rows = []
     for r in analysis["rows"]:
         v = r["variants"]
-        for after in [a for a in ("dpo", "sftdpo") if f"base_to_{a}" in r]:
+        for after in [a for a in analysis.get("after", ("dpo", "sftdpo")) if f"base_to_{a}" in r]:
             d = r[f"base_to_{after}"]
             ret = d["retention"]
             rows.append([r["base"], _params_text(r["parameters"]), display(after),

@@ -45,8 +45,8 @@ from alignscope.reward_model import RM_MANIFEST, RewardModelConfig, rm_config_ha
 from alignscope.scale import scale_analysis, scale_figure, scale_markdown
 from alignscope.score import ScoreConfig, rate_files, rated_paths
 from alignscope.stages import Stage, StageLog
-from alignscope.study_config import (VARIANT_INDEX, VARIANTS, BaseModelConfig, StudyConfig, as_override,
-                                     load_study, resolve_path, trained_variants, variant_overrides)
+from alignscope.study_config import (BaseModelConfig, StudyConfig, as_override, load_study, resolve_path,
+                                     trained_variants, variant_index, variant_overrides, variant_start)
 from alignscope.suites import local_file
 from alignscope.train import load_recipe, recipe_hash, train
 
@@ -91,6 +91,7 @@ class StudyRun:
         self.out.mkdir(parents=True, exist_ok=True)
         self.base_dir = self.config_path.parent if self.config_path else Path(".")
         self.stages = StageLog(self.out / "stages.json", self.quiet)
+        self.index = variant_index(self.cfg)
         self.evalset_path = self.out / "evalset.json"
         self.generations = ResultCache(cache_dir() / "generations")
         self.scores = ResultCache(cache_dir() / "scores")
@@ -107,7 +108,7 @@ class StudyRun:
         self.run_if_declared(self.refusal_card_stage())
         for base in self.cfg.models:
             self.models[base.name, "base"] = base.model
-            for variant in trained_variants(self.cfg.variants):
+            for variant in trained_variants(self.cfg):
                 self.trained[base.name, variant] = self.stages.run(self.train_stage(base, variant))
             for variant in self.variants:
                 self.answers[base.name, variant] = self.stages.run(self.generate_stage(base, variant))
@@ -129,7 +130,13 @@ class StudyRun:
 
     @property
     def variants(self) -> list[str]:
-        return [v for v in VARIANTS if v in self.cfg.variants]
+        return list(self.cfg.variants)
+
+    def start(self, variant: str) -> str:
+        return variant_start(self.cfg.train, variant)
+
+    def method(self, variant: str) -> str | None:
+        return self.trained[next(iter(self.cfg.models)).name, variant]["method"] if variant != "base" else None
 
     @property
     def has_xstest(self) -> bool:
@@ -242,14 +249,14 @@ class StudyRun:
 
     def train_stage(self, base: BaseModelConfig, variant: str) -> Stage:
         spec = self.cfg.train[variant]
-        start = self.models[base.name, "sft"] if variant == "sftdpo" else base.model
+        start = self.start(variant)
         target = self.out / "models" / base.name / variant
         chosen = variant_overrides(spec, base, variant)
-        overrides = [as_override(k, v) for k, v in chosen.items()]
+        overrides = [as_override(k, v) for k, v in chosen.items()] + ([f"method={spec.method}"] if spec.method else [])
         # the study's HH-RLHF, unless the variant names its own training data
         source = self.cfg.data if "data.source" not in chosen else own_data(chosen["data.source"], self.base_dir)
-        overrides += [f"model={start}", f"output_dir={target}", f"data.source={source}",
-                      f"revision={base.revision if variant != 'sftdpo' and base.revision else 'null'}"]
+        overrides += [f"model={self.models[base.name, start]}", f"output_dir={target}", f"data.source={source}",
+                      f"revision={base.revision if start == 'base' and base.revision else 'null'}"]
         if self.cfg.exclude_evalset_from_training:
             overrides.append(f"data.exclude_prompts_of={self.evalset_path}")
         if self.cfg.allow_pickle:
@@ -261,11 +268,13 @@ class StudyRun:
             train(recipe)  # itself skips a finished run of the same recipe and resumes a killed one
             data = read_json(target / "data_manifest.json")
             hh = is_hh_source(recipe.data.source)  # else the file's or hub dataset's name stands for the subsets
-            return {"steps": read_json(target / "done.json")["global_step"], "rows_trained": data["rows_trained"],
+            done = read_json(target / "done.json")
+            return {"steps": done["global_step"], "rows_trained": data["rows_trained"],
                     "split": recipe.data.split if hh or recipe.data.source.startswith("hub:") else "",
                     "subsets": recipe.data.subsets if hh else [f["subset"] for f in data["files"]],
-                    "method": recipe.method,
-                    "lora": recipe.lora is not None}
+                    "method": recipe.method, "from": start, "lora": recipe.lora is not None,
+                    "loss_type": recipe.dpo.loss_type if recipe.method == "dpo" else None,
+                    "learning_rate": recipe.training.learning_rate, "heldout": done.get("heldout")}
 
         data = recipe.data
         inputs = (self.data_files(data.subsets, data.split, data.revision) if is_hh_source(data.source) else
@@ -278,7 +287,7 @@ class StudyRun:
         spec = self.models[base.name, variant]
         revision = base.revision if variant == "base" else None
         folder = self.out / "answers" / base.name
-        index = VARIANT_INDEX[variant]
+        index = self.index[variant]
 
         def work() -> dict:
             total = len(self.evalset["harmful"]) + len(self.evalset["helpful"])
@@ -297,7 +306,7 @@ class StudyRun:
 
     def answer_files(self, base: BaseModelConfig, kind: str) -> list[Path]:
         """This study's own answer (or rated) files of one base model, in variant order."""
-        return [self.out / kind / base.name / answer_filename(VARIANT_INDEX[v], v, c)
+        return [self.out / kind / base.name / answer_filename(self.index[v], v, c)
                 for v in self.variants for c in CATEGORIES]
 
     def score_config(self) -> ScoreConfig:
@@ -369,8 +378,8 @@ class StudyRun:
     def refusals_stage(self, base: BaseModelConfig) -> Stage:
         """Every answer of every variant, HH and suites, classified once by the study's refusal measure."""
         folder = self.out / "answers" / base.name
-        hh = {v: {c: folder / answer_filename(VARIANT_INDEX[v], v, c) for c in CATEGORIES} for v in self.variants}
-        suites = {v: {s: folder / suite_filename(VARIANT_INDEX[v], v, s) for s in self.suites} for v in self.variants}
+        hh = {v: {c: folder / answer_filename(self.index[v], v, c) for c in CATEGORIES} for v in self.variants}
+        suites = {v: {s: folder / suite_filename(self.index[v], v, s) for s in self.suites} for v in self.variants}
 
         def work() -> None:
             sets = {(v, c): read_json(p) for v in self.variants for c, p in hh[v].items()}
@@ -395,7 +404,7 @@ class StudyRun:
         for name in self.suites:
             answers = {}
             for v in self.variants:
-                items = read_suite_answers(folder / suite_filename(VARIANT_INDEX[v], v, name))
+                items = read_suite_answers(folder / suite_filename(self.index[v], v, name))
                 answers[v] = [a | {"refused": r} for a, r in zip(items, doc["models"][v]["suites"][name])]
             suites[name] = {"kind": self.evalset["suites"][name]["kind"], "answers": answers}
         return refusals, suites
@@ -405,14 +414,18 @@ class StudyRun:
         folder = self.out / "reports" / base.name
         metrics_cfg = self.cfg.metrics
         if metrics_cfg.retention_pairs is None:
-            pairs = [["base", v] for v in self.variants[1:]]
-            pairs += [["sft", "sftdpo"]] if {"sft", "sftdpo"} <= set(self.variants) else []
+            # against base, and against the variant each one started from where that one is evaluated too
+            pairs = [["base", v] for v in self.variants if v != "base"]
+            pairs += [[self.start(v), v] for v in self.variants if v != "base" and self.start(v) != "base"
+                      and self.start(v) in self.variants]
             metrics_cfg = MetricsConfig(**{**asdict(self.cfg.metrics), "retention_pairs": pairs})
         # counted from the HH answer files themselves: what the stop tests read, whatever else was asked
         answer_info = {v: {k: summarize([a for c in CATEGORIES for a in answers_of_file(
-            self.out / "answers" / base.name / answer_filename(VARIANT_INDEX[v], v, c))])[k]
+            self.out / "answers" / base.name / answer_filename(self.index[v], v, c))])[k]
             for k in ("answers", "stopped", "empty", "mean_tokens")} for v in self.variants}
         train_info = {v: self.trained[base.name, v] for v in self.variants if (base.name, v) in self.trained}
+        # every trained variant's held-out evidence, those trained only to start another from included
+        training = {v: self.trained[base.name, v] for v in trained_variants(self.cfg)}
         notes = study_notes(study=self.cfg.name, base_model=base.model, evalset=self.evalset,
                             max_new_tokens=self.cfg.generate.max_new_tokens, data=self.cfg.data,
                             trainings=list(train_info.values()), judge=self.judge)
@@ -433,7 +446,7 @@ class StudyRun:
         def work() -> None:
             models = load_rated_files(files)
             stop_tests = stop_reason_tests(models)
-            extra = {"answers": answer_info, "stop_tests": stop_tests, "judge": judge}
+            extra = {"answers": answer_info, "stop_tests": stop_tests, "judge": judge, "training": training}
             if self.refusal_labelled():
                 extra["refusal_card"] = card_view(read_json(card), "../../refusal-card/refusal-card.md",
                                                   self.cfg.generate.max_new_tokens)
@@ -443,7 +456,7 @@ class StudyRun:
                 sections.append(judge_check_section(models, judge))
             write_report(models, folder, metrics_cfg, report_cfg, extra, sections, leading, refusals, suites)
 
-        key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, train_info, judge, code_hash(REPORT_CODE)]
+        key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, training, judge, code_hash(REPORT_CODE)]
         inputs = [self.refusals_path(base)] + ([card] if self.refusal_labelled() else [])
         return Stage(f"report {base.name}", files + self.reference_files() + inputs, key,
                      [folder / "metrics.json", folder / "report.md", folder / "report.html"], work)
@@ -477,7 +490,8 @@ class StudyRun:
             params = {m.name: m.parameters or count_parameters(m.model, m.revision, self.cfg.allow_pickle)
                       for m in self.cfg.models}
             rated = {m.name: load_rated_files(self.answer_files(m, "rated")) for m in self.cfg.models}
-            analysis = scale_analysis(self.reports, params, rated, self.cfg.metrics)
+            dpo = [v for v in self.variants if v != "base" and self.method(v) == "dpo"]
+            analysis = scale_analysis(self.reports, params, rated, self.cfg.metrics, dpo)
             scale_figure(analysis, self.out / "figures" / "scale.png")
             text = scale_markdown(self.cfg.report.title, self.cfg.name, analysis)
             atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
@@ -511,15 +525,15 @@ class StudyRun:
             figures = [f for f in FIGURE_FILES if f != "tradeoff.png" or self.has_xstest]
             files += [report / "figures" / f for f in figures] if self.cfg.report.figures else []
             files += [self.refusals_path(base)]
-            files += [self.out / "answers" / base.name / suite_filename(VARIANT_INDEX[v], v, s)
+            files += [self.out / "answers" / base.name / suite_filename(self.index[v], v, s)
                       for v in self.variants for s in self.suites]
             files += self.answer_files(base, "answers") + self.answer_files(base, "rated")
-            files += [self.out / "answers" / base.name / generation_filename(VARIANT_INDEX[v], v)
+            files += [self.out / "answers" / base.name / generation_filename(self.index[v], v)
                       for v in self.variants]
             files.append(self.out / "rated" / base.name / "scoring.json")
-            for v in trained_variants(self.cfg.variants):
+            for v in trained_variants(self.cfg):
                 files += [self.out / "models" / base.name / v / n
-                          for n in ("done.json", "recipe.yaml", "data_manifest.json", "train_log.json")]
+                          for n in ("done.json", "recipe.yaml", "data_manifest.json", "train_log.json", "heldout.json")]
         return files
 
     def manifest(self) -> dict:

@@ -14,9 +14,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import Field
 
 from alignscope.config import ConfigError, Problem, apply_overrides, config_problems, load_yaml, locate, parse_config
 from alignscope.data import HUB_DATASET
@@ -34,18 +35,23 @@ from alignscope.report import ReportConfig
 from alignscope.reward_model import RewardModelConfig
 from alignscope.train import TrainConfig
 
+# The reference study's four variants: a study's default, with what they start from when a config
+# does not say (the rest start from base).
 VARIANTS = ("base", "sft", "dpo", "sftdpo")
-Variant = Literal["base", "sft", "dpo", "sftdpo"]
-# A variant's file index whichever variants a study runs: its files keep their names.
-VARIANT_INDEX = {v: i for i, v in enumerate(VARIANTS, start=1)}
+STANDARD_START = {"sftdpo": "sft"}
 
 
 @dataclass
 class VariantTraining:
-    """How one variant is trained: a recipe file and overrides of its fields."""
+    """How one variant is made: its method, applied to the variant it starts from, by a recipe and overrides."""
 
     recipe: str
     set: dict[str, Any] = field(default_factory=dict)
+    method: Literal["sft", "dpo"] | None = None
+    """sft or dpo; default: the recipe's own `method`."""
+    start: Annotated[str | None, Field(alias="from")] = None
+    """`from:` the variant it starts from, `base` or another declared one (a DPO variant's reference is where
+    it starts); default: base (sftdpo: sft)."""
 
 
 @dataclass
@@ -101,9 +107,11 @@ class StudyConfig:
     data: str = "hub"
     """HH-RLHF for the evaluation set and all training: `hub` or a local folder."""
     evalset: EvalsetConfig = field(default_factory=EvalsetConfig)
-    variants: list[Variant] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    """The variants evaluated, in the order every table and figure shows them; base is the model as given."""
     train: dict[str, VariantTraining] = field(default_factory=dict)
-    """sft, dpo and sftdpo: each variant's recipe; the runner sets model, output_dir and data.source."""
+    """How each trained variant is made, by name; the runner sets model, output_dir and data.source. A variant
+    another starts from is trained even when it is not evaluated."""
     exclude_evalset_from_training: bool = True
     """Leave out training pairs that share a dialogue with the evaluation set (needed when both come from one split)."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -119,10 +127,34 @@ class StudyConfig:
     allow_pickle: bool = False
 
 
-def trained_variants(variants: list[str]) -> list[str]:
-    """The variants to train, in order: sft is trained for sftdpo even when it is not evaluated itself."""
-    needed = set(variants) | ({"sft"} if "sftdpo" in variants else set())
-    return [v for v in VARIANTS if v in needed and v != "base"]
+def variant_start(train: dict, name: str) -> str:
+    """The variant `name` starts from (`train`: the study's declarations, parsed or raw)."""
+    spec = train.get(name)
+    given = spec.start if isinstance(spec, VariantTraining) else (spec or {}).get("from")
+    return given or STANDARD_START.get(name, "base")
+
+
+def trained_variants(cfg: StudyConfig) -> list[str]:
+    """The variants to train, each after the one it starts from: the evaluated ones and their ancestors."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name != "base" and name not in order:
+            visit(variant_start(cfg.train, name))
+            order.append(name)
+
+    for name in cfg.variants:
+        visit(name)
+    return order
+
+
+def variant_index(cfg: StudyConfig) -> dict[str, int]:
+    """Each variant's number in its file names: the study's four keep theirs (1-4) whichever variants a study
+    runs, so their files keep their names; others follow from 5 in declared order."""
+    index = {v: i for i, v in enumerate(VARIANTS, start=1)}
+    for name in [*cfg.variants, *cfg.train]:
+        index.setdefault(name, len(index) + 1)
+    return index
 
 
 def resolve_path(path: str, base_dir: Path) -> Path:
@@ -194,17 +226,28 @@ def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -
         if isinstance(m.get("model"), str):
             for text in model_problems(m["model"], m.get("revision"), allow_pickle):
                 report(("models", i, "model"), text)
-        for variant in m.get("set", {}) if isinstance(m.get("set"), dict) else {}:
-            if variant not in ("sft", "dpo", "sftdpo"):
-                report(("models", i, "set", variant), "expected sft, dpo or sftdpo")
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    for i, m in enumerate(models):
+        for variant in m.get("set", {}) if isinstance(m, dict) and isinstance(m.get("set"), dict) else {}:
+            if variant not in train:
+                report(("models", i, "set", variant), f"{variant!r} is not a trained variant of this study "
+                                                      f"(declared under train: {', '.join(map(str, train)) or 'none'})")
 
     variants = raw.get("variants", list(VARIANTS))
     if isinstance(variants, list):
         if "base" not in variants:
             report(("variants",), "must include base (every comparison is against it)")
-        if len(set(map(str, variants))) != len(variants):
-            report(("variants",), f"listed twice in {variants}")
-        training_problems(raw, base_dir, [v for v in variants if v in VARIANTS], models, report)
+        twice = sorted({str(v) for v in variants if variants.count(v) > 1})
+        if twice:
+            report(("variants",), f"{', '.join(twice)} listed twice; each variant is evaluated once")
+        for i, name in enumerate(variants):
+            try:
+                check_name(name, "variant")
+            except InputError as e:
+                report(("variants", i), str(e).removeprefix("variant: "))
+        needed = declaration_problems(variants, train, report)
+        unused = [str(v) for v in train if v not in needed and v != "base"]  # declared, trained by no one: still checked
+        training_problems(raw, base_dir, needed + unused, models, report)
     judge_problems(raw.get("judge", {}), allow_pickle, report)
     refusal_problems(raw.get("refusals", {}), report)
     evalset = raw.get("evalset") if isinstance(raw.get("evalset"), dict) else {}
@@ -226,11 +269,40 @@ def study_problems(raw: dict, node, base_dir: Path, overrides: list[str] = ()) -
     return problems
 
 
+def declaration_problems(variants: list, train: dict, report) -> list[str]:
+    """How the variants are declared: base is not trained, every `from` names a declared variant, no chain
+    loops. Returns the variants to train (the evaluated ones and every one they start from)."""
+    if "base" in train:
+        report(("train", "base"), "base is the model as given and is not trained; give the trained variant "
+                                  "another name")
+    for name in train:
+        try:
+            check_name(name, "variant")
+        except InputError as e:
+            report(("train", name), str(e).removeprefix("variant: "))
+    needed: list[str] = []
+    for name in [v for v in variants if isinstance(v, str)]:
+        chain = [name]
+        while chain[-1] != "base" and chain[-1] in train:
+            start = variant_start(train, chain[-1])
+            if start in chain:
+                report(("train", chain[-1], "from"), f"a cycle: {' -> '.join(chain + [start])}; every chain of "
+                                                     "`from` must end at base")
+                break
+            if start != "base" and start not in train:
+                report(("train", chain[-1], "from"), f"unknown variant {start!r}; expected base or one declared "
+                                                     f"under train ({', '.join(map(str, train))})")
+                break
+            chain.append(start)
+        needed += [v for v in reversed(chain) if v != "base" and v not in needed]
+    return needed
+
+
 def training_problems(raw: dict, base_dir: Path, variants: list[str], models: list, report) -> None:
     """Each variant's recipe, with the study's overrides applied, as TrainConfig would read it.
     A problem in an override is reported at the study's line; one in the recipe, at the recipe's."""
     train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
-    for variant in trained_variants(variants):
+    for variant in variants:
         spec = train.get(variant)
         if not isinstance(spec, dict) or not isinstance(spec.get("recipe"), str):
             if spec is None:
@@ -261,6 +333,8 @@ def training_problems(raw: dict, base_dir: Path, variants: list[str], models: li
                         report(where + (key,), problem)
                     else:
                         merged = apply_overrides(merged, [as_override(key, value)])
+            if spec.get("method") in ("sft", "dpo"):
+                merged["method"] = spec["method"]
             # the runner sets these three
             merged.update(model="x", output_dir="x", data={**(merged.get("data") or {}), "source": "hub"})
             for p in config_problems(TrainConfig, merged, recipe_node):

@@ -32,6 +32,8 @@ from pydantic import Field
 
 from alignscope.config import load_config, validated
 from alignscope.data import DataConfig, LoadedData, Pair, data_fingerprint, load_pairs, text_of
+from alignscope.heldout import (HeldoutSettings, dataloader_logps, describe, dpo_summary, heldout_pairs,
+                                inherited_openings, opening_key, sft_summary)
 from alignscope.io import (InputError, atomic_folder, atomic_write_json, atomic_write_text, read_json,
                            replace_folder, sha256_json, sha256_text)
 from alignscope.models import (chat_template, choose_precision, load_causal_lm, load_tokenizer, model_fingerprint,
@@ -91,10 +93,19 @@ class TrainingSettings:
     """CPU threads for torch; default: all cores."""
 
 
+# The losses TRL's DPOTrainer offers (tests/test_trl_patches.py checks them against the installed TRL)
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
 @dataclass
 class DPOSettings:
     beta: Annotated[float, Field(gt=0)] = 0.1
-    loss_type: str = "sigmoid"
+    """The strength of the pull toward the reference (IPO: its regularization parameter)."""
+    loss_type: Literal[DPO_LOSSES] = "sigmoid"
+    """Any of TRL's DPOTrainer losses: sigmoid (DPO), ipo, hinge, robust, ..."""
+    label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    """The assumed share of flipped labels (robust, exo_pair and conservative DPO use it)."""
     reference: str | None = None
     """Reference model; default: the policy's own starting weights (with LoRA, the adapter switched off)."""
     reference_revision: str | None = None
@@ -116,6 +127,8 @@ class TrainConfig:
     lora: LoraSettings | None = None
     training: TrainingSettings = field(default_factory=TrainingSettings)
     dpo: DPOSettings = field(default_factory=DPOSettings)
+    heldout: HeldoutSettings = field(default_factory=HeldoutSettings)
+    """Pairs never trained on, scored before and after: did the run learn its objective?"""
     allow_pickle: bool = False
     """Allow loading pickled (.bin) weights, which can run arbitrary code from the file."""
     revision: str | None = None
@@ -233,6 +246,7 @@ def common_trl_args(t: TrainingSettings, precision: str, checkpoints: Path) -> d
     return dict(
         output_dir=str(checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
         learning_rate=t.learning_rate, per_device_train_batch_size=t.per_device_batch_size,
+        per_device_eval_batch_size=t.per_device_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, max_length=t.max_length,
         lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay,
         seed=t.seed, data_seed=t.seed, bf16=precision == "bf16", fp16=precision == "fp16",
@@ -251,7 +265,7 @@ def trl_args(cfg: TrainConfig, precision: str, checkpoints: Path):
     if cfg.method == "sft":
         return SFTConfig(**common, completion_only_loss=cfg.training.completion_only_loss,
                          padding_free=cfg.training.padding_free)
-    return DPOConfig(**common, beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type],
+    return DPOConfig(**common, beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type], label_smoothing=cfg.dpo.label_smoothing,
                      precompute_ref_log_probs=cfg.dpo.precompute_ref_log_probs,
                      disable_dropout=cfg.dpo.disable_dropout)
 
@@ -275,11 +289,12 @@ def training_logs(t: TrainingSettings, out: Path):
 
 
 def build_trainer(cfg: TrainConfig, model, tokenizer, dataset, ref_model=None, precision: str = "fp32",
-                  checkpoints: Path | None = None):
+                  checkpoints: Path | None = None, heldout=None):
     from trl import DPOTrainer, SFTTrainer
 
     args = trl_args(cfg, precision, checkpoints or Path(cfg.output_dir) / "checkpoints")
-    kwargs = dict(model=model, args=args, processing_class=tokenizer, train_dataset=dataset,
+    # the held-out pairs go in as TRL's eval set, so that TRL tokenizes them as it does the training rows
+    kwargs = dict(model=model, args=args, processing_class=tokenizer, train_dataset=dataset, eval_dataset=heldout,
                   peft_config=lora_config(cfg.lora) if cfg.lora else None,
                   callbacks=[_checkpoint_marker_callback()])
     if cfg.method == "sft":
@@ -304,6 +319,9 @@ class Setup:
     ref_model: object | None
     precision: str
     dropout_disabled: bool
+    heldout: list[Pair]
+    heldout_info: dict
+    trained_openings: set[str]
 
 
 def reference_revision(cfg: TrainConfig) -> str | None:
@@ -331,7 +349,10 @@ def setup(cfg: TrainConfig) -> Setup:
         # Without LoRA, TRL would reload the reference from config._name_or_path; load it ourselves.
         ref_model, _ = load_causal_lm(cfg.dpo.reference or cfg.model, cfg.allow_pickle, reference_revision(cfg),
                                       disable_dropout=no_dropout)
-    return Setup(model, resolved, tokenizer, loaded, ref_model, choose_precision(cfg.training.precision), no_dropout)
+    trained = {opening_key(p.prompt) for p in loaded.pairs} | inherited_openings(cfg.model)
+    heldout, heldout_info = heldout_pairs(cfg.data, cfg.heldout, trained)
+    return Setup(model, resolved, tokenizer, loaded, ref_model, choose_precision(cfg.training.precision), no_dropout,
+                 heldout, heldout_info, trained)
 
 
 def finished_run(out: Path, digest: str) -> TrainResult | None:
@@ -358,19 +379,29 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
         torch.set_num_threads(cfg.training.num_threads)
     started = time.time()
     s = setup(cfg)
-    dataset = sft_dataset(s.loaded.pairs) if cfg.method == "sft" else dpo_dataset(s.loaded.pairs)
+    as_dataset = sft_dataset if cfg.method == "sft" else dpo_dataset
     checkpoints = out / "checkpoints"
     with compact_lm_head(cfg.training.compact_lm_head), training_logs(cfg.training, out):
-        trainer = build_trainer(cfg, s.model, s.tokenizer, dataset, s.ref_model, s.precision, checkpoints)
+        # held-out pairs shortest first: less padding in each eval batch (the record keeps the ids)
+        heldout_set = as_dataset(sorted(s.heldout, key=lambda p: len(text_of(p.prompt)) + len(text_of(p.chosen))
+                                        + len(text_of(p.rejected)))) if s.heldout else None
+        trainer = build_trainer(cfg, s.model, s.tokenizer, as_dataset(s.loaded.pairs), s.ref_model, s.precision,
+                                checkpoints, heldout_set)
         if trainer.accelerator.is_main_process:
-            write_run_inputs(cfg, s.loaded, trainer, out)
+            write_run_inputs(cfg, s.loaded, trainer, out, s.trained_openings)
         if stop_after_step is not None:
             trainer.add_callback(_stop_at(stop_after_step))
         resume = last_complete_checkpoint(checkpoints)
+        # SFT's "before": the starting weights, which a resumed run still holds until train() loads the checkpoint
+        before = heldout_logps(trainer) if s.heldout and cfg.method == "sft" else None
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        heldout = heldout_record(cfg, trainer, s, before) if s.heldout else {**s.heldout_info, "ids": None}
 
     model_dir = save_outputs(trainer, s.tokenizer, cfg, out)
     if trainer.accelerator.is_main_process:
+        atomic_write_json(out / "heldout.json", heldout)
+        heldout = {k: v for k, v in heldout.items() if k not in ("ids", "values")}
+        trainer.state.log_history.append({"step": trainer.state.global_step, "heldout": heldout})
         atomic_write_json(out / "train_log.json", trainer.state.log_history)
         atomic_write_json(out / DONE_FILE, {
             "recipe_hash": digest, "model_dir": str(model_dir), "precision": s.precision,
@@ -378,13 +409,45 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
             "start_fingerprint": model_fingerprint(s.resolved, cfg.revision), "seed": cfg.training.seed,
             "dropout_disabled": s.dropout_disabled, "global_step": trainer.state.global_step,
             "resumed_from": str(resume) if resume else None, "seconds": round(time.time() - started, 1),
-            "processes": trainer.accelerator.num_processes, "versions": package_versions()})
+            "processes": trainer.accelerator.num_processes, "heldout": heldout, "versions": package_versions()})
         if not cfg.training.keep_checkpoints:
             shutil.rmtree(checkpoints, ignore_errors=True)  # done.json makes them unnecessary
     return TrainResult(out, model_dir, trainer.state.log_history)
 
 
-def write_run_inputs(cfg: TrainConfig, loaded: LoadedData, trainer, out: Path) -> None:
+def heldout_logps(trainer, model=None) -> tuple[list, list]:
+    """Every held-out sequence in dataset order (Trainer's own eval loader groups them by length)."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,
+                        collate_fn=trainer.data_collator, shuffle=False)
+    return dataloader_logps(trainer, model or trainer.model, trainer.accelerator.prepare(loader))
+
+
+def heldout_record(cfg: TrainConfig, trainer, s: Setup, before) -> dict:
+    """The held-out evidence of learning: for done.json and the log (summaries), heldout.json (every pair)."""
+    after, tokens = heldout_logps(trainer)
+    level, record = cfg.heldout.confidence, dict(s.heldout_info)
+    # TRL drops a pair whose prompt alone fills max_length: the record keeps the pairs scored
+    kept = list(trainer.eval_dataset["id"])
+    record.update(pairs=len(kept), ids=kept, dropped_by_trainer=[i for i in record["ids"] if i not in set(kept)])
+    subset = {p.id: p.subset for p in s.heldout}
+    if cfg.method == "sft":
+        record["sft"] = sft_summary(before[0], after, tokens, level, cfg.training.seed)
+        record["values"] = {"logp_before": before[0], "logp_after": after, "tokens": tokens}
+    else:
+        if trainer.ref_model is not None:
+            reference, _ = heldout_logps(trainer, trainer.ref_model)
+        else:  # LoRA: the reference is the policy with its adapter switched off
+            with trainer.accelerator.unwrap_model(trainer.model).disable_adapter():
+                reference, _ = heldout_logps(trainer)
+        record["dpo"] = dpo_summary(after, reference, [subset[i] for i in kept], level)
+        record["values"] = {"policy": after, "reference": reference}
+    print(f"{cfg.output_dir}: {describe(record)}", flush=True)
+    return record
+
+
+def write_run_inputs(cfg: TrainConfig, loaded: LoadedData, trainer, out: Path, openings: set[str]) -> None:
     """recipe.yaml and data_manifest.json. TRL drops rows whose prompt alone fills max_length:
     the manifest records the rows actually trained on."""
     trained = list(trainer.train_dataset["id"])
@@ -396,7 +459,9 @@ def write_run_inputs(cfg: TrainConfig, loaded: LoadedData, trainer, out: Path) -
     atomic_write_json(out / "data_manifest.json", {
         **loaded.summary, **template, "rows_trained": len(trained), "dropped_by_trainer": [p.id for p in loaded.pairs
                                                                               if p.id not in kept],
-        "rows": trained, "rows_sha256": sha256_json(trained)})
+        "rows": trained, "rows_sha256": sha256_json(trained),
+        # what held-out pairs of a model trained from this one must avoid (its ancestors' rows included)
+        "trained_openings": sorted(openings)})
 
 
 class TrainingInterrupted(RuntimeError):
