@@ -47,7 +47,7 @@ class HeldoutSettings:
     """Pass over this many of the last pairs first (shared the same way): a validation block for choosing
     settings, just before the held-out pairs a study reports, never overlapping them."""
     confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
-    """Level of the intervals written to done.json (a study's report recomputes them at its own)."""
+    """Level of the intervals written to done.json; a study's report shows them at this level and says which."""
 
 
 def opening_key(prompt) -> str:

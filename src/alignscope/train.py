@@ -430,7 +430,8 @@ def heldout_record(cfg: TrainConfig, trainer, s: Setup, before) -> dict:
     level, record = cfg.heldout.confidence, dict(s.heldout_info)
     # TRL drops a pair whose prompt alone fills max_length: the record keeps the pairs scored
     kept = list(trainer.eval_dataset["id"])
-    record.update(pairs=len(kept), ids=kept, dropped_by_trainer=[i for i in record["ids"] if i not in set(kept)])
+    scored = set(kept)
+    record.update(pairs=len(kept), ids=kept, dropped_by_trainer=[i for i in record["ids"] if i not in scored])
     subset = {p.id: p.subset for p in s.heldout}
     if cfg.method == "sft":
         record["sft"] = sft_summary(before[0], after, tokens, level, cfg.training.seed)
