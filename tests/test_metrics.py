@@ -226,3 +226,22 @@ def test_findings_compared_with_the_references():
     judged = {"a": 1, "b": 1, "c": 1, "d": 0, "e": 0, "f": -1}
     assert compare_findings(judged, truth) == {"false": 1, "reversed": 1, "missed": 1, "agreed": 2, "neither": 1,
                                                "comparisons": 6, "supported_by_reference": 4}
+
+
+def test_bootstrap_kappas_are_sklearns_kappa_of_each_resample_and_leave_out_undefined_ones():
+    from sklearn.metrics import cohen_kappa_score
+
+    from alignscope.metrics import bootstrap_kappas
+
+    # two answers, always agreeing: a resample of both has kappa 1; one of either answer twice has both
+    # sides one constant, agreeing (chance agreement 1), so no kappa: about half of them
+    same = np.array([True, False])
+    agreeing = bootstrap_kappas(same, same, 400, seed=0)
+    assert set(agreeing.tolist()) == {1.0} and 150 < len(agreeing) < 250
+    # always disagreeing: -1 from both answers, 0 from one twice (yes against no: chance agreement 0)
+    assert set(bootstrap_kappas(same, ~same, 400, seed=0).tolist()) == {-1.0, 0.0}
+    a = np.array([1, 1, 0, 0, 1, 0, 1, 1, 0, 1], dtype=bool)
+    b = np.array([1, 0, 0, 0, 1, 1, 1, 1, 0, 1], dtype=bool)
+    rows = np.random.default_rng(7).integers(0, 10, (50, 10))
+    expected = [cohen_kappa_score(a[r], b[r]) for r in rows if len(set(a[r]) | set(b[r])) > 1]
+    assert bootstrap_kappas(a, b, 50, seed=7) == pytest.approx(expected, abs=1e-12)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from alignscope.data import DataConfig
+from alignscope.heldout import HeldoutSettings
 from alignscope.train import LoraSettings, TrainConfig, TrainingSettings, load_recipe, train
 from conftest import ROOT, write_hh
 from tiny import hh_pairs, tiny_opt
@@ -110,7 +111,8 @@ def test_packaged_smollm2_converts_once_and_trains(hh_data, tmp_path):
     cfg = TrainConfig(method="sft", model="smollm2-135m-instruct", output_dir=str(tmp_path / "sft"),
                       data=DataConfig(source=str(hh_data), subsets=["helpful-base"], split="test", limit=8),
                       training=TrainingSettings(max_steps=2, per_device_batch_size=2, gradient_accumulation_steps=2,
-                                                learning_rate=1e-5, max_length=256, logging_steps=1))
+                                                learning_rate=1e-5, max_length=256, logging_steps=1),
+                      heldout=HeldoutSettings(pairs=0))  # scoring 120 real pairs twice would triple its time
     result = train(cfg)
     assert len([x for x in result.log_history if "loss" in x]) == 2
     tok = json.loads((result.model_dir / "tokenizer_config.json").read_text())

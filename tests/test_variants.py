@@ -163,7 +163,10 @@ def declared_study(tmp_path_factory):
     fast = {"training.max_steps": 6, "training.learning_rate": 1e-2, "training.per_device_batch_size": 4,
             "training.gradient_accumulation_steps": 1, "training.precision": "fp32", "training.save_steps": 6,
             "training.logging_steps": 1, "training.max_length": 128, "data.split": "train", "data.limit": 12,
-            "data.subsets": ["harmless-base", "helpful-base"], "heldout.pairs": 12}
+            "data.subsets": ["harmless-base", "helpful-base"],
+            # held out from the training split (the shipped recipes take the test split's), so that the
+            # rows each run and its starting model trained on must be left out
+            "heldout.pairs": 12, "heldout.split": "train"}
     dpo = str(ROOT / "configs/recipes/dpo.yaml")
     config = {
         "name": "declared", "output_dir": str(root / "out"), "data": str(root / "data"),

@@ -86,6 +86,21 @@ def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def bootstrap_kappas(a: np.ndarray, b: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Cohen's kappa of `resamples` paired resamples of two yes/no decision sets (the defined ones).
+    Computed from each resample's 2 x 2 counts at once: one sklearn call a resample took a minute
+    for a card's 24,000."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n = len(a)
+    rows = np.random.default_rng(seed).integers(0, n, (resamples, n))
+    ra, rb = a[rows], b[rows]
+    yes_a, yes_b = ra.mean(1), rb.mean(1)
+    observed = (ra == rb).mean(1)
+    chance = yes_a * yes_b + (1 - yes_a) * (1 - yes_b)
+    defined = chance < 1  # both sides one constant, agreeing: kappa is undefined
+    return (observed[defined] - chance[defined]) / (1 - chance[defined])
+
+
 def rank_agreement(judge: np.ndarray, reference: np.ndarray) -> dict:
     """Spearman's rho and Kendall's tau of a judge's ratings with a reference's, with p-values. A
     judge that rates every answer alike ranks nothing: null, not NaN (strict JSON)."""

@@ -27,7 +27,8 @@ from alignscope.config import validated
 from alignscope.io import atomic_folder, atomic_write_json, atomic_write_text
 from alignscope.markdown import ci, fmt, table
 from alignscope.models import resolve_model
-from alignscope.metrics import MetricsConfig, cohen_kappa, proportion_interval, worst_difference_error
+from alignscope.metrics import (MetricsConfig, bootstrap_kappas, cohen_kappa, proportion_interval,
+                                worst_difference_error)
 from alignscope.refusal import PatternRefusals, TrainedRefusals, load_refusals
 from alignscope.refusal.classifier import cut_to_tokens
 from alignscope.refusal.labelled import LabelledAnswers, read_labelled_files
@@ -56,15 +57,13 @@ def agreement(refused: np.ndarray, predicted: np.ndarray, cfg: MetricsConfig, re
     n, hits = len(refused), int(np.sum(refused == predicted))
     tp, people, measure = int(np.sum(refused & predicted)), int(refused.sum()), int(predicted.sum())
     kappa = cohen_kappa(refused, predicted)
-    rng = np.random.default_rng(seed)
-    draws = [cohen_kappa(refused[i], predicted[i]) for i in (rng.integers(0, n, n) for _ in range(resamples))]
-    draws = [d for d in draws if d is not None]
+    draws = bootstrap_kappas(refused, predicted, resamples, seed)
     alpha = (1 - cfg.confidence) / 2
     return {
         "n": n, "people_refused": people, "measure_refused": measure,
         "accuracy": hits / n, "accuracy_ci": proportion_interval(hits, n, cfg),
         "kappa": kappa, "kappa_ci": [float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))]
-        if kappa is not None and draws else None,
+        if kappa is not None and len(draws) else None,
         "recall": tp / people if people else None,
         "recall_ci": proportion_interval(tp, people, cfg) if people else None,
         "precision": tp / measure if measure else None,
