@@ -179,10 +179,8 @@ def test_a_rerun_with_fewer_variants_reads_only_its_own_files(setup, full_run):
     assert "| SFT |" not in report and "2_sft" not in report
 
 
-def test_a_killed_study_resumes_to_the_same_metrics(setup):
-    root, config = setup
-    straight = {**config, "output_dir": str(root / "straight")}
-    run(straight, root / "straight.yaml", root / "cache-b")
+def test_a_killed_study_resumes_to_the_same_metrics(setup, full_run):
+    root, config = setup  # full_run is the same study run straight through, in its own cache
     killed = {**config, "output_dir": str(root / "killed")}
     proc = run(killed, root / "killed.yaml", root / "cache-c", wait=False)
     marker = root / "killed" / "models" / "tiny" / "dpo" / "checkpoints" / "checkpoint-2" / "alignscope-complete"
@@ -197,7 +195,7 @@ def test_a_killed_study_resumes_to_the_same_metrics(setup):
     assert "[train tiny/sft] up to date" in resumed.stdout
     done = json.loads((root / "killed" / "models" / "tiny" / "dpo" / "done.json").read_text())
     assert done["resumed_from"].endswith("checkpoint-2")
-    a = json.loads((root / "straight" / "metrics.json").read_text())
+    a = json.loads((root / "out" / "metrics.json").read_text())
     b = json.loads((root / "killed" / "metrics.json").read_text())
     assert a == b
 

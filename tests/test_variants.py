@@ -57,12 +57,69 @@ def test_dpo_summary_counts_pairs_the_implicit_reward_gets_right():
     assert untrained["correct"] == 0 and untrained["ties"] == 4 and untrained["margin"] == 0
 
 
+def test_an_accuracy_interval_that_does_not_reach_chance_never_reads_as_50():
+    from alignscope.report import chance_interval
+
+    assert chance_interval([0.43, 0.61]) == "[43, 61]"
+    assert chance_interval([0.5007, 0.68]) == "[50.1, 68.0]"  # above chance, though it rounds to 50
+    assert chance_interval([0.4996, 0.7]) == "[49.96, 70.00]"
+    assert chance_interval([0.5, 0.7]) == "[50, 70]"  # exactly chance is 50
+
+
 def test_sft_summary_is_the_per_token_loss_of_all_replies():
     before, after, tokens = [-10.0, -30.0], [-5.0, -10.0], [2, 8]
     s = sft_summary(before, after, tokens, 0.95)
     assert s["loss_before"] == pytest.approx(4.0) and s["loss_after"] == pytest.approx(1.5)  # 40/10, 15/10
     assert s["change"] == pytest.approx(-2.5) and s["learned"]
     assert s["change_ci"][1] < 0
+
+
+def test_sequence_logps_sum_what_the_models_own_loss_averages(tmp_path):
+    """Against transformers' own loss on each sequence alone: right-padded DPO rows whose replies start
+    at different places (the LM head sees only the positions from the first reply token on), and
+    a padding-free row packing two sequences."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from alignscope.heldout import sequence_logps, takes_logits_to_keep
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_opt(tmp_path / "tiny-opt")).eval()
+    g = torch.Generator().manual_seed(0)
+    # (length, reply start): replies of 3, 2 and 7 tokens; row 2 has no padding
+    shapes = [(9, 6), (5, 3), (12, 5)]
+    ids = torch.full((3, 12), 1)
+    attention, completion = torch.zeros(3, 12, dtype=torch.long), torch.zeros(3, 12, dtype=torch.long)
+    for i, (n, c) in enumerate(shapes):
+        ids[i, :n] = torch.randint(4, 200, (n,), generator=g)
+        attention[i, :n], completion[i, c:n] = 1, 1
+
+    def own(row: torch.Tensor, first: int) -> tuple[float, int]:  # summed log-prob of row[first:]
+        labels = row.clone()
+        labels[:first] = -100
+        with torch.no_grad():
+            loss = model(input_ids=row[None], labels=labels[None]).loss
+        return -float(loss) * (len(row) - first), len(row) - first
+
+    expected = [own(ids[i, :n], c) for i, (n, c) in enumerate(shapes)]
+    for m in (model, get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))):
+        assert takes_logits_to_keep(m)
+        with torch.no_grad():
+            sums, counts = sequence_logps(m, {"input_ids": ids, "attention_mask": attention,
+                                              "completion_mask": completion})
+        assert counts.tolist() == [3, 2, 7]
+        assert sums.tolist() == pytest.approx([e[0] for e in expected], abs=1e-4)
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # padding-free: two sequences in one row, positions restarting; labels on replies of 2 and 4 tokens
+    a, b = ids[1, :5], ids[0, :9]
+    packed = torch.cat([a, b])[None]
+    labels = torch.cat([torch.tensor([-100] * 3) , a[3:], torch.tensor([-100] * 5), b[5:]])[None]
+    positions = torch.cat([torch.arange(5), torch.arange(9)])[None]
+    with torch.no_grad():
+        sums, counts = sequence_logps(model, {"input_ids": packed, "labels": labels, "position_ids": positions})
+        loss = model(input_ids=packed, labels=labels, position_ids=positions).loss
+    assert counts.tolist() == [2, 4]
+    assert float(sums.sum()) == pytest.approx(-float(loss) * 6, abs=1e-4)
 
 
 def test_training_records_heldout_evidence_in_done_json_the_log_and_heldout_json(tmp_path):

@@ -99,7 +99,9 @@ def sequence_logps(model, batch) -> tuple:
 
     `batch` is a TRL collator's: DPO's marks the replies with `completion_mask`, SFT's with
     `labels` (-100 elsewhere). Padding-free SFT batches pack several sequences into one row,
-    each starting at position 0; they are split back apart."""
+    each starting at position 0; they are split back apart. Only positions from the batch's first
+    labelled token on go through the LM head (`logits_to_keep`): an HH prompt is most of a pair's
+    tokens, and the head is a fifth of SmolLM2's forward pass and most of Gemma's."""
     import torch
 
     ids = batch["input_ids"]
@@ -111,19 +113,35 @@ def sequence_logps(model, batch) -> tuple:
     for key in ("attention_mask", "position_ids"):
         if key in batch:
             kwargs[key] = batch[key]
-    logits = model(**kwargs).logits[:, :-1]
-    target = labels[:, 1:]
+    # logits at position t predict token t + 1: keep positions start .. end - 2
+    labelled = (labels[:, 1:] != -100).any(0).nonzero()
+    start = int(labelled[0]) if len(labelled) else ids.shape[1] - 1
+    if takes_logits_to_keep(model):
+        logits = model(**kwargs, logits_to_keep=ids.shape[1] - start).logits[:, :-1]
+    else:
+        logits = model(**kwargs).logits[:, start:-1]
+    target = labels[:, start + 1:]
     keep = target != -100
     token_logps = torch.zeros(target.shape, dtype=torch.float32, device=logits.device)
     picked = torch.log_softmax(logits[keep].float(), dim=-1).gather(1, target[keep].unsqueeze(1)).squeeze(1)
     token_logps[keep] = picked
     if "position_ids" in batch and ids.shape[0] == 1:
-        segment = (batch["position_ids"][0] == 0).cumsum(0)[1:] - 1
-        n = int(segment.max()) + 1
+        segment = ((batch["position_ids"][0] == 0).cumsum(0)[1:] - 1)[start:]
+        n = int((batch["position_ids"][0] == 0).sum())
         sums = torch.zeros(n, device=logits.device).index_add(0, segment, token_logps[0])
         counts = torch.zeros(n, device=logits.device).index_add(0, segment, keep[0].float())
         return sums, counts
     return token_logps.sum(1), keep.sum(1).float()
+
+
+def takes_logits_to_keep(model) -> bool:
+    """Whether the causal LM under any PEFT or DDP wrapper can project only the last positions
+    (transformers' own models can; a user's remote code may not)."""
+    import inspect
+
+    inner = getattr(model, "module", model)
+    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def dataloader_logps(trainer, model, dataloader) -> tuple[list[float], list[float]]:

@@ -689,6 +689,16 @@ def training_description(variant: str, trained: dict | None) -> str:
             f"{trained['rows_trained']} pairs of {'+'.join(trained['subsets'])} {trained['split']}")
 
 
+def chance_interval(lo_hi: list[float]) -> str:
+    """An accuracy interval in percent, with as many decimals as it takes for a bound that is not
+    50% not to read as 50 (the verdict turns on which side of chance it lies)."""
+    bounds = [100 * x for x in lo_hi]
+    places = 0
+    while places < 3 and any(fmt(b, places) == fmt(50, places) and b != 50 for b in bounds):
+        places += 1
+    return ci(bounds, places)
+
+
 def training_section(metrics: dict) -> str:
     """What training did to each trained variant's own objective, on pairs it never saw: the evidence that
     a difference in Table 1 comes from a model that learned something, or from one that did not."""
@@ -705,7 +715,7 @@ def training_section(metrics: dict) -> str:
             (sft_flat if not s["learned"] else []).append(display(v))
         elif "dpo" in h:
             d = h["dpo"]
-            accuracy = f"{d['correct']}/{d['pairs']} = {fmt(100 * d['accuracy'], 0)}% {ci([100 * x for x in d['accuracy_ci']])}"
+            accuracy = f"{d['correct']}/{d['pairs']} = {fmt(100 * d['accuracy'], 0)}% {chance_interval(d['accuracy_ci'])}"
             margin = f"{fmt(d['margin'], 3, sign=True)} {ci(d['margin_ci'], 3)}"
             by_subset = ", ".join(f"{k} {x['correct']}/{x['pairs']}" for k, x in d["by_subset"].items())
             verdict = ("learned its preferences" if d["learned"] else
@@ -716,8 +726,12 @@ def training_section(metrics: dict) -> str:
             missing.append(display(v))
         rows.append([name, training_description(v, t), str(h.get("pairs", 0)), loss, accuracy, margin, by_subset,
                      verdict])
-    level = next((f"{h[k]['confidence']:.0%}" for t in metrics["training"].values() for h in [t.get("heldout") or {}]
-                  for k in ("sft", "dpo") if k in h), "95%")
+    level = "95%"  # as recorded by the first variant with held-out pairs
+    for t in metrics["training"].values():
+        found = [h[k]["confidence"] for h in [t.get("heldout") or {}] for k in ("sft", "dpo") if k in h]
+        if found:
+            level = f"{found[0]:.0%}"
+            break
     lines = ["## What training did", "",
              "Each trained variant on held-out pairs of its own training data: the last rows of each subset it "
              "trained on, sharing no dialogue with its training rows, those of the model it started from, or the "
