@@ -179,6 +179,27 @@ def test_a_rerun_with_fewer_variants_reads_only_its_own_files(setup, full_run):
     assert "| SFT |" not in report and "2_sft" not in report
 
 
+def test_a_changed_recipe_never_overwrites_the_model_it_trained_and_says_what_to_do(setup, full_run, monkeypatch):
+    from alignscope.io import InputError
+    from alignscope.study import run_study
+
+    root, config = setup
+    changed = root / "changed"
+    shutil.copytree(root / "out", changed)
+    done = (changed / "models" / "tiny" / "dpo" / "done.json").read_text()
+    edited = json.loads(json.dumps(config))
+    edited["train"]["dpo"]["set"]["training.max_steps"] = 5
+    path = root / "changed.yaml"
+    path.write_text(yaml.safe_dump({**edited, "output_dir": str(changed)}))
+    monkeypatch.setenv("ALIGNSCOPE_CACHE", str(root / "cache-a"))
+    with pytest.raises(InputError) as e:  # in this process: the stages before it are all up to date
+        run_study(load_study(path), path, quiet=True)
+    assert str(e.value) == (f"train.dpo: {changed / 'models' / 'tiny' / 'dpo'} holds a model trained with another "
+                            "recipe than this study now declares; a trained model is never overwritten: delete or "
+                            "move that folder to train it again")
+    assert (changed / "models" / "tiny" / "dpo" / "done.json").read_text() == done
+
+
 def test_a_killed_study_resumes_to_the_same_metrics(setup, full_run):
     root, config = setup  # full_run is the same study run straight through, in its own cache
     killed = {**config, "output_dir": str(root / "killed")}

@@ -30,7 +30,7 @@ from alignscope.distill import DistillConfig, distill_key, train_judge
 from alignscope.evalset import build_evalset, load_evalset, write_evalset
 from alignscope.generate import answer_evalset, answer_files_of, answers_of_file, summarize, write_answer_files
 from alignscope.html_report import write_html_report
-from alignscope.io import atomic_write_json, atomic_write_text, read_json, sha256_file
+from alignscope.io import InputError, atomic_write_json, atomic_write_text, read_json, sha256_file
 from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fingerprint
 from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
 from alignscope.models import cache_dir, count_parameters, model_fingerprint, resolve_model
@@ -265,6 +265,12 @@ class StudyRun:
         self.models[base.name, variant] = str(target / "model")
 
         def work() -> dict:
+            done_file = target / "done.json"
+            if done_file.is_file() and read_json(done_file).get("recipe_hash") != recipe_hash(recipe):
+                # train() would refuse too, but in terms of an output_dir a study user does not set
+                raise InputError(f"train.{variant}: {target} holds a model trained with another recipe than this "
+                                 "study now declares; a trained model is never overwritten: delete or move that "
+                                 "folder to train it again")
             train(recipe)  # itself skips a finished run of the same recipe and resumes a killed one
             data = read_json(target / "data_manifest.json")
             hh = is_hh_source(recipe.data.source)  # else the file's or hub dataset's name stands for the subsets
