@@ -126,8 +126,9 @@ def sequence_logps(model, batch) -> tuple:
     picked = torch.log_softmax(logits[keep].float(), dim=-1).gather(1, target[keep].unsqueeze(1)).squeeze(1)
     token_logps[keep] = picked
     if "position_ids" in batch and ids.shape[0] == 1:
-        segment = ((batch["position_ids"][0] == 0).cumsum(0)[1:] - 1)[start:]
-        n = int((batch["position_ids"][0] == 0).sum())
+        starts = batch["position_ids"][0] == 0
+        segment = (starts.cumsum(0)[1:] - 1)[start:]
+        n = int(starts.sum())
         sums = torch.zeros(n, device=logits.device).index_add(0, segment, token_logps[0])
         counts = torch.zeros(n, device=logits.device).index_add(0, segment, keep[0].float())
         return sums, counts

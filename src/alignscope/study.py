@@ -48,7 +48,7 @@ from alignscope.stages import Stage, StageLog
 from alignscope.study_config import (BaseModelConfig, StudyConfig, as_override, load_study, resolve_path,
                                      trained_variants, variant_index, variant_overrides, variant_start)
 from alignscope.suites import local_file
-from alignscope.train import load_recipe, recipe_hash, train
+from alignscope.train import finished_run, load_recipe, recipe_hash, train
 
 __all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
 
@@ -264,13 +264,15 @@ class StudyRun:
         recipe = load_recipe(resolve_path(spec.recipe, self.base_dir), overrides)
         self.models[base.name, variant] = str(target / "model")
 
+        digest = recipe_hash(recipe)
+
         def work() -> dict:
-            done_file = target / "done.json"
-            if done_file.is_file() and read_json(done_file).get("recipe_hash") != recipe_hash(recipe):
-                # train() would refuse too, but in terms of an output_dir a study user does not set
+            try:
+                finished_run(target, digest)
+            except InputError as e:  # train() refuses too, but in terms of an output_dir a study user does not set
                 raise InputError(f"train.{variant}: {target} holds a model trained with another recipe than this "
                                  "study now declares; a trained model is never overwritten: delete or move that "
-                                 "folder to train it again")
+                                 "folder to train it again") from e
             train(recipe)  # itself skips a finished run of the same recipe and resumes a killed one
             data = read_json(target / "data_manifest.json")
             hh = is_hh_source(recipe.data.source)  # else the file's or hub dataset's name stands for the subsets
@@ -286,7 +288,7 @@ class StudyRun:
         inputs = (self.data_files(data.subsets, data.split, data.revision) if is_hh_source(data.source) else
                   [Path(data.source)] if Path(data.source).is_file() else [])  # a hub dataset: its commit is hashed
         inputs += [self.evalset_path] if self.cfg.exclude_evalset_from_training else []
-        return Stage(f"train {base.name}/{variant}", inputs, recipe_hash(recipe),
+        return Stage(f"train {base.name}/{variant}", inputs, digest,
                      [target / "model", target / "done.json"], work)
 
     def generate_stage(self, base: BaseModelConfig, variant: str) -> Stage:
