@@ -1,6 +1,7 @@
 """The study runner end to end on tiny config-built models, offline, in seconds; a
 kill-and-resume run that must end with the same metrics; config validation."""
 
+import itertools
 import json
 import os
 import re
@@ -80,6 +81,15 @@ def run(config: dict, path: Path, cache: Path, *extra, wait=True):
     return done
 
 
+def planned(stdout: str) -> dict:
+    """The plan a study prints first: stage -> what it says of it."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("plan: "))
+    rows = itertools.takewhile(lambda line: line.startswith("  "), lines[start + 1:])
+    return {r.strip().split("  ")[0]: r.strip().split("  ")[-1].strip() for r in rows
+            if not r.strip().startswith("estimate")}
+
+
 @pytest.fixture(scope="module")
 def full_run(setup):
     """The tiny study run once, all four variants; tests that change it work on copies."""
@@ -138,8 +148,15 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
     assert sftdpo["model"] == str(out_dir / "models/tiny/sft/model")  # DPO started from SFT
     assert "| total |" in out.stdout
 
+    stages = json.loads((out_dir / "stages.json").read_text())
+    first_plan = planned(out.stdout)
+    assert list(first_plan) == list(stages)  # the plan names every stage, in the order they ran
+    assert all(v.startswith("to run (no earlier run") for v in first_plan.values())
+    assert all(r["costs"]["user_s"] + r["costs"]["system_s"] > 0 for r in stages.values())
+
     again = run(config, root / "study.yaml", root / "cache-a")  # everything is up to date
-    assert again.stdout.count("up to date") == len(json.loads((out_dir / "stages.json").read_text()))
+    assert again.stdout.count("up to date") == len(stages)
+    assert all(v.startswith("done earlier") for v in planned(again.stdout).values())
     assert json.loads((out_dir / "metrics.json").read_text()) == metrics
 
 

@@ -34,6 +34,7 @@ from alignscope.suites import SuiteConfig
 from alignscope.generate import GenerateConfig, answer_evalset, write_answer_files
 from alignscope.io import InputError, atomic_write_json, check_name, check_output_dir
 from alignscope.markdown import fmt
+from alignscope.memory import keep_freed_memory
 from alignscope.metrics import MetricsConfig
 from alignscope.models import cache_dir
 from alignscope.report import ReportConfig, write_report
@@ -414,6 +415,7 @@ def study_cmd(
 
 
 def main() -> None:
+    keep_freed_memory()  # before torch allocates anything
     try:
         app()
     except InputError as e:

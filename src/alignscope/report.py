@@ -25,6 +25,7 @@ from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, compute_metrics, dr
                                 harmless_flags, helpful_flags, pairwise_tests, rank_agreement, suite_metrics,
                                 worst_difference_error)
 from alignscope.score import BLIND_RATING
+from alignscope.stages import SHARED_CORES
 
 JUDGE_CAVEAT = (
     "Harmlessness is judged by a reward model trained mostly for helpfulness preferences; "
@@ -795,9 +796,21 @@ def artifact_index(out: Path, files: list[Path]) -> str:
 
 
 def timings_table(timings: list[dict]) -> str:
-    return "\n".join(["## Timings", "", table(["stage", "seconds", ""],
-                                              [[t["stage"], f"{t['seconds']:.1f}", t["status"]] for t in timings]),
-                      ""])
+    """Each stage's wall time and what it cost (stages.Costs): CPU seconds, minor page faults, peak
+    memory, the load as it started and torch's threads; a stage that shared the CPU says so."""
+    rows = []
+    for t in timings:
+        c = t.get("costs") or {}
+        note = t["status"]
+        if (c.get("other_cores") or 0) > SHARED_CORES:
+            note = f"{note}; shared the CPU: other processes used {c['other_cores']:.1f} cores".lstrip("; ")
+        rows.append([t["stage"], f"{t['seconds']:.1f}"] + ([
+            f"{c['user_s']:.0f}", f"{c['system_s']:.0f}", f"{c['minor_faults'] / 1e6:.2f}",
+            f"{c['peak_memory_mb'] / 1024:.1f}", "" if c.get("load_at_start") is None else f"{c['load_at_start']:.1f}",
+            "" if c.get("threads") is None else str(c["threads"])] if c else [""] * 6) + [note])
+    head = ["stage", "wall s", "user s", "system s", "minor faults (M)", "peak memory (GB)", "load at start",
+            "threads", ""]
+    return "\n".join(["## Timings", "", table(head, rows), ""])
 
 
 SCHEMES = {"leave_one_model_out": "leaving each model out", "leave_prompts_out": "leaving prompts out"}

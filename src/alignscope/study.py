@@ -32,11 +32,13 @@ from alignscope.generate import answer_evalset, answer_files_of, answers_of_file
 from alignscope.html_report import write_html_report
 from alignscope.io import InputError, atomic_write_json, atomic_write_text, read_json, sha256_file
 from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fingerprint
+from alignscope.memory import allocator
 from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
 from alignscope.models import cache_dir, count_parameters, model_fingerprint, resolve_model
 from alignscope.refusal import classify_answer_sets, load_refusals
 from alignscope.refusal.card import RefusalCardConfig, card_view, refusal_card, write_refusal_card
 from alignscope.refusal.classifier import CLASSIFIER_MANIFEST, RefusalTrainConfig, train_refusal_classifier
+from alignscope.refusal.labelled import read_labelled_files
 from alignscope.provenance import study_manifest, trained_model_record
 from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference,
                                html_sections, judge_check_section, judge_name, judge_section, judge_view,
@@ -98,6 +100,8 @@ class StudyRun:
 
     def run(self) -> StudyResult:
         started = time.time()
+        if not self.quiet:
+            print(self.stages.plan(self.stage_names()), flush=True)
         atomic_write_text(self.out / "study.yaml", yaml.safe_dump(asdict(self.cfg), sort_keys=False))
         self.stages.run(self.evalset_stage())
         self.evalset = load_evalset(self.evalset_path)
@@ -124,6 +128,20 @@ class StudyRun:
             print(timings_table(self.stages.timings))
             print(f"report: {self.out / 'report.md'}\nmetrics: {self.out / 'metrics.json'}")
         return StudyResult(self.out, read_json(self.out / "metrics.json"), self.stages.timings)
+
+    def stage_names(self) -> list[str]:
+        """The stages `run` goes through, in its order, for the plan it prints first."""
+        cfg = self.cfg
+        names = ["evalset"]
+        names += ["judge"] if cfg.judge.distill is not None or cfg.judge.train is not None else []
+        names += ["judge card"] if cfg.reference else []
+        names += ["refusal classifier"] if cfg.refusals.train else []
+        names += ["refusal card"] if self.refusal_labelled() else []
+        for base in cfg.models:
+            names += [f"train {base.name}/{v}" for v in trained_variants(cfg)]
+            names += [f"generate {base.name}/{v}" for v in self.variants]
+            names += [f"{stage} {base.name}" for stage in ("score", "refusals", "report")]
+        return names + ["overview"]
 
     def run_if_declared(self, stage: Stage | None):
         return self.stages.run(stage) if stage else None
@@ -359,7 +377,10 @@ class StudyRun:
         cfg = self.refusal_train_config()
 
         def work() -> dict:
-            record = train_refusal_classifier(cfg)
+            answers = sum(len(s.answers) for s in read_labelled_files(cfg.labelled))
+            bar, tick = progress_bar(2 * answers, "refusal classifier: embedding whole and cut answers", self.quiet)
+            record = train_refusal_classifier(cfg, tick)
+            bar.close()
             return {"trained_on": record["trained_on"], "chosen_penalty": record["chosen_penalty"]}
 
         return Stage("refusal classifier", [Path(f) for f in cfg.labelled], asdict(cfg) | {"output_dir": None},
@@ -549,14 +570,14 @@ class StudyRun:
         judge = dict(self.judge)
         if judge.get("model"):
             judge["fingerprint"] = judge_fingerprint(judge["model"], self.cfg.allow_pickle, judge.get("revision"))
-        return study_manifest(
+        return {**study_manifest(
             name=self.cfg.name, config=asdict(self.cfg), evalset_path=self.evalset_path, evalset=self.evalset,
             config_file=str(self.config_path) if self.config_path else None, judge=judge, trained=trained,
             answers={f"{b}/{v}": {k: info.get(k) for k in ("fingerprint", "revision", "settings", "computed", "cached")}
                      for (b, v), info in self.answers.items()},
             seeds={"evalset": self.cfg.evalset.seed, "metrics_bootstrap": self.cfg.metrics.seed,
                    "training": {name: record["seed"] for name, record in trained.items()}},
-            timings=self.stages.timings)
+            timings=self.stages.timings), "allocator": allocator()}
 
 
 def own_data(source: str, base_dir: Path) -> str:
