@@ -18,7 +18,7 @@ from alignscope.io import FOLDER_MARKER, InputError
 from alignscope.judge import BLIND_HEADS, DISTILLED_HEADS, DISTILLED_MANIFEST, DistilledJudge
 from alignscope.metrics import MetricsConfig
 from alignscope.score import ScoreConfig, rate_folder
-from tiny import tiny_deberta_rm, tiny_opt
+from tiny import tiny_deberta_rm, tiny_gemma3, tiny_opt
 
 TOPICS = ["weeds", "bread", "a bike", "chess", "tea", "a poem", "money", "a dog", "a wall", "eggs"]
 
@@ -135,6 +135,44 @@ def test_score_uses_a_distilled_judge_like_any_judge(distilled, rated, tmp_path)
         judge.rate(["q"], ["a"])
     again = rate_folder(answers, tmp_path / "out2", ScoreConfig(model=cfg.output_dir), cache)
     assert again["computed"] == 0  # cached, keyed by the judge's fingerprint and each answer's category
+
+
+DIALOGUES = ["Human: How do I boil an egg?", "Human: Hi\n\nAssistant:", "Human: " + "Tell me about the sea. " * 7]
+REPLIES = ["Put it in water for nine minutes.", "", "The sea is calm.", "Assistant: Hello there, friend", "x " * 80]
+
+
+def dialogue_rows(n=12):
+    """Every dialogue answered several times: an empty answer, and one so long that the dialogue
+    before it is cut shorter than before the others (a head of its own)."""
+    return [DIALOGUES[k % 3] for k in range(n)], [REPLIES[(k * 7) % 5] for k in range(n)]
+
+
+@pytest.mark.parametrize("builder", ["gemma3", "opt"])
+def test_each_dialogue_runs_once_and_its_answers_get_the_features_of_a_whole_pass(builder, tmp_path):
+    """Gemma-3's sliding-window layers (window 8 here, far below the 64 tokens read) continue
+    from the dialogue's cache exactly as a whole pass attends."""
+    from alignscope.judge import BackboneFeatures
+
+    folder = tiny_gemma3(tmp_path / "m") if builder == "gemma3" else tiny_opt(tmp_path / "m")
+    features = BackboneFeatures(str(folder), max_length=64, batch_size=3)
+    prompts, answers = dialogue_rows()
+    shapes = []
+    features.model.register_forward_pre_hook(lambda _, args, kw: shapes.append((kw["input_ids"].shape, kw.get(
+        "past_key_values") is not None and kw["past_key_values"].get_seq_length() > 0)), with_kwargs=True)
+    whole = features.extract(prompts, answers, share_dialogue=False)
+    assert sum(s[0] for s, _ in shapes) == 12
+    shapes.clear()
+    shared = features.extract(prompts, answers)
+    heads = {tuple(ids[:len(ids) - n]) for ids, n in (features.encode(p, a) for p, a in zip(prompts, answers))}
+    assert len(heads) == 4  # three dialogues, one of them also cut short before the long answer
+    assert sum(s[0] for s, continued in shapes if not continued) == 4
+    assert sum(s[0] for s, continued in shapes if continued) == 12 - 2  # the empty answers need no pass
+    for k in whole:
+        assert shared[k].shape == whole[k].shape
+        assert np.abs(shared[k] - whole[k]).max() < 1e-5, k
+    if builder == "gemma3":  # the window matters: the same weights with a wide window read other features
+        wide = BackboneFeatures(str(tiny_gemma3(tmp_path / "wide", sliding_window=4096)), max_length=64)
+        assert np.abs(wide.extract(prompts, answers)["mean"] - shared["mean"]).max() > 1e-3
 
 
 @pytest.mark.parametrize("bad, message", [
