@@ -150,15 +150,22 @@ def dialogue_rows(n=12):
 @pytest.mark.parametrize("builder", ["gemma3", "opt"])
 def test_each_dialogue_runs_once_and_its_answers_get_the_features_of_a_whole_pass(builder, tmp_path):
     """Gemma-3's sliding-window layers (window 8 here, far below the 64 tokens read) continue
-    from the dialogue's cache exactly as a whole pass attends."""
+    from the dialogue's cache exactly as a whole pass attends; the LM head, in blocks of OPT's
+    50k words, gives the log-probabilities of the model's own logits."""
     from alignscope.judge import BackboneFeatures
 
     folder = tiny_gemma3(tmp_path / "m") if builder == "gemma3" else tiny_opt(tmp_path / "m")
     features = BackboneFeatures(str(folder), max_length=64, batch_size=3)
+    if builder == "gemma3":  # Gemma-2's softcapping of the logits, which the LM head's blocks must apply too
+        features.model.config.final_logit_softcapping = 3.0
     prompts, answers = dialogue_rows()
     shapes = []
-    features.model.register_forward_pre_hook(lambda _, args, kw: shapes.append((kw["input_ids"].shape, kw.get(
-        "past_key_values") is not None and kw["past_key_values"].get_seq_length() > 0)), with_kwargs=True)
+
+    def record(_, args, kw):  # rows in, and whether they continue a cache (transformers names it either way)
+        cache = kw.get("past_key_values", kw.get("cache"))
+        shapes.append((kw["input_ids"].shape, cache is not None and cache.get_seq_length() > 0))
+
+    features.model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
     whole = features.extract(prompts, answers, share_dialogue=False)
     assert sum(s[0] for s, _ in shapes) == 12
     shapes.clear()

@@ -36,6 +36,9 @@ FEATURE_SETS = ("standard", "multilayer")
 # Bump when what BackboneFeatures computes changes: heads fitted to the old features then refuse to
 # rate new ones (fit the judge again) instead of rating them silently wrong.
 FEATURES_VERSION = 1
+# Blocks the LM head works in when it gives answer tokens' log-probabilities: 256 positions x 8192
+# words is 8 MB of float32, small enough for the allocator to reuse instead of mapping fresh pages.
+LOGIT_POSITIONS, LOGIT_WORDS = 256, 8192
 
 
 @dataclass
@@ -241,11 +244,11 @@ class BackboneFeatures:
             ids[j, width - len(head):] = torch.tensor(head)
             mask[j, width - len(head):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        prefill = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                             past_key_values=DynamicCache(), use_cache=True, output_hidden_states=True,
-                             logits_to_keep=1)
-        head_states = torch.stack([s[:, -1] for s in prefill.hidden_states], 1).float()  # heads, layers + 1, hidden
-        head_logprobs = torch.log_softmax(prefill.logits[:, -1].float(), -1)  # predicts each answer's first token
+        # the body alone: the LM head runs on the positions that predict answer tokens only (answer_logprobs)
+        prefill = self.model.base_model(input_ids=ids, attention_mask=mask, past_key_values=DynamicCache(),
+                                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                                        output_hidden_states=True)
+        head_states = torch.stack([s[:, -1] for s in prefill.hidden_states], 1)  # heads, layers + 1, hidden
         kv = [(layer.keys, layer.values) for layer in prefill.past_key_values.layers]
         answered = []
         for j, rows in enumerate(rows_of):
@@ -261,11 +264,11 @@ class BackboneFeatures:
         answered.sort(key=lambda ji: encoded[ji[1]][1], reverse=True)
         for start in range(0, len(answered), self.batch_size):
             chunk = answered[start:start + self.batch_size]
-            self._continue(chunk, encoded, kv, mask, head_logprobs, out)
+            self._continue(chunk, encoded, kv, mask, head_states[:, -1], out)
             if progress:
                 progress(len(chunk))
 
-    def _continue(self, chunk: list[tuple[int, int]], encoded: list, kv: list, head_mask, head_logprobs,
+    def _continue(self, chunk: list[tuple[int, int]], encoded: list, kv: list, head_mask, head_final,
                   out: dict) -> None:
         """Answers `chunk` ((dialogue, row) pairs) right-padded after their dialogues' cached states."""
         import torch
@@ -284,16 +287,43 @@ class BackboneFeatures:
         mask = torch.cat([head_mask[heads], answer_mask], 1)
         positions = head_mask[heads].sum(-1, keepdim=True) + torch.arange(m, device=device)
         cache = DynamicCache(ddp_cache_data=[(k[heads], v[heads]) for k, v in kv])
-        result = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, output_hidden_states=True)
+        result = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                       past_key_values=cache, use_cache=True, output_hidden_states=True)
+        final = result.hidden_states[-1]
         # the answer's token t is predicted by its dialogue's last position (t = 0) or its own token t - 1
-        logprobs = torch.cat([head_logprobs[heads, None], torch.log_softmax(result.logits[:, :-1].float(), -1)], 1)
-        for r, (_, i) in enumerate(chunk):
+        predictors = torch.cat([torch.cat([head_final[j, None], final[r, :n - 1]])
+                                for r, ((j, _), n) in enumerate(zip(chunk, lengths))])
+        logprobs = self.answer_logprobs(predictors, torch.cat([ids[r, :n] for r, n in enumerate(lengths)]))
+        for r, (lp, (_, i)) in enumerate(zip(logprobs.split(lengths), chunk)):
             n = lengths[r]
             out["mean"][i] = torch.stack([s[r, :n].float().mean(0) for s in result.hidden_states]).cpu().numpy()
-            out["last"][i] = result.hidden_states[-1][r, n - 1].float().cpu().numpy()
-            lp = logprobs[r, :n].gather(-1, ids[r, :n, None])[:, 0]
+            out["last"][i] = final[r, n - 1].float().cpu().numpy()
             out["lp"][i] = np.array([lp.mean().item(), lp.min().item(), np.log1p(n)])
+
+    def answer_logprobs(self, states, targets):
+        """log p(target) at each of these final states, as the model's own logits give it: the LM head in
+        blocks of positions and of the vocabulary, each block's logit of the target and logsumexp
+        combined, so that no [positions, vocabulary] array (Gemma-3: 262k words) is ever made."""
+        import torch
+
+        head = self.model.get_output_embeddings()
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        out = []
+        for start in range(0, len(states), LOGIT_POSITIONS):
+            h, t = states[start:start + LOGIT_POSITIONS], targets[start:start + LOGIT_POSITIONS]
+            total = torch.full((len(h),), -torch.inf, device=h.device)
+            picked = torch.zeros(len(h), device=h.device)
+            for v in range(0, head.weight.shape[0], LOGIT_WORDS):
+                bias = head.bias[v:v + LOGIT_WORDS] if head.bias is not None else None
+                logits = torch.nn.functional.linear(h, head.weight[v:v + LOGIT_WORDS], bias)
+                if cap is not None:  # as Gemma's forward softcaps, in the model's dtype
+                    logits = torch.tanh(logits / cap) * cap
+                logits = logits.float()
+                total = torch.logaddexp(total, torch.logsumexp(logits, -1))
+                inside = (t >= v) & (t < v + logits.shape[1])
+                picked[inside] = logits[inside, t[inside] - v]
+            out.append(picked - total)
+        return torch.cat(out)
 
 
 def layer_step(layers: int) -> int:
