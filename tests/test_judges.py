@@ -62,8 +62,11 @@ def distilled(tmp_path_factory, rated):
     cfg = DistillConfig(ratings=str(rated), output_dir=str(root / "judge"), backbones=[str(backbone)],
                         alphas=[0.1, 1.0, 10.0, 100.0], prompt_folds=2, max_length=128)
     old = os.umask(UMASK)
+    ticks = []
     try:
-        return cfg, train_judge(cfg)
+        record = train_judge(cfg, ticks.append)
+        assert sum(ticks) == 60 and len(ticks) > 1  # the study's bar of answers, moving as features come
+        return cfg, record
     finally:
         os.umask(old)
 
