@@ -296,6 +296,28 @@ def synthetic_rows(models=3, prompts=12, seed=0):
     return rows, {(0, "standard"): x}
 
 
+@pytest.mark.parametrize("rows, width", [(90, 6), (60, 200)])  # fewer features than rows, and far more
+def test_the_ridge_from_one_svd_per_fold_chooses_and_predicts_as_grid_search(rows, width):
+    from alignscope.distill import DEFAULT_ALPHAS, fit_ridge, fit_ridge_grid_search
+
+    rng = np.random.default_rng(width)
+    x = rng.normal(size=(rows, width)) * rng.uniform(0.1, 10, width) + rng.normal(size=width)
+    groups = np.repeat(np.arange(rows // 3), 3)
+    chosen = set()
+    for noise in (0.1, 3.0, 30.0):  # little noise wants a small penalty, much noise a large one
+        y = x[:, :4] @ np.array([1.0, -2.0, 0.5, 1.5]) + rng.normal(0, noise, rows)
+        ours, reference = fit_ridge(x, y, groups, DEFAULT_ALPHAS), fit_ridge_grid_search(x, y, groups, DEFAULT_ALPHAS)
+        assert ours.named_steps["ridge"].alpha == reference.named_steps["ridge"].alpha
+        unseen = rng.normal(size=(20, width)) * 5
+        assert np.abs(ours.predict(unseen) - reference.predict(unseen)).max() < 1e-8
+        chosen.add(ours.named_steps["ridge"].alpha)
+    assert len(chosen) > 1  # the choice was really made
+    # equal errors for every penalty (a constant target): the first penalty, as GridSearchCV breaks ties
+    flat = fit_ridge(x, np.ones(rows), groups, [10.0, 1.0, 100.0])
+    assert flat.named_steps["ridge"].alpha == fit_ridge_grid_search(x, np.ones(rows), groups,
+                                                                    [10.0, 1.0, 100.0]).named_steps["ridge"].alpha
+
+
 def test_a_held_out_fold_is_rated_by_heads_that_never_saw_its_ratings():
     """Leakage: scaling, penalties and heads are fitted inside the training folds, so perturbing the
     held-out model's ratings (or a held-out fold of prompts) leaves its held-out predictions unchanged,

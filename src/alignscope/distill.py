@@ -107,7 +107,37 @@ def rows_of(models: list[RatedModel]) -> Rows:
 # --------------------------------------------------------------------------- fitting
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: list[float]):
-    """Standardised ridge, its penalty chosen by grouped inner cross-validation (GroupKFold)."""
+    """Standardised ridge, its penalty chosen by grouped inner cross-validation (GroupKFold): what
+    fit_ridge_grid_search chooses, from one SVD per fold for every penalty at once.
+
+    Each fold standardises on its training rows (StandardScaler) and centres them as Ridge does;
+    with Z = U S V' the predictions for penalty a are Z_val V diag(s / (s^2 + a)) U' y. The penalty
+    of lowest mean squared error averaged over folds wins, the first in `alphas` on a tie, as
+    GridSearchCV ranks; the pipeline is then fitted on all rows, as GridSearchCV refits."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    alphas_ = np.asarray(alphas, dtype=np.float64)
+    errors = np.zeros(len(alphas_))
+    folds = GroupKFold(n_splits=min(5, len(np.unique(groups))))
+    for train, val in folds.split(x, y, groups):
+        scaler = StandardScaler().fit(x[train])
+        z, z_val = scaler.transform(x[train]), scaler.transform(x[val])
+        offset, y_offset = z.mean(0), y[train].mean()
+        u, sv, vt = np.linalg.svd(z - offset, full_matrices=False)
+        projected, uy = (z_val - offset) @ vt.T, u.T @ (y[train] - y_offset)
+        shrink = sv / (sv ** 2 + alphas_[:, None])  # alphas, components
+        predictions = (shrink * uy) @ projected.T + y_offset  # alphas, validation rows
+        errors += ((predictions - y[val]) ** 2).mean(1)
+    best = float(alphas[int(np.argmin(errors))])  # argmin: the first of equal errors
+    return make_pipeline(StandardScaler(), Ridge(alpha=best)).fit(x, y)
+
+
+def fit_ridge_grid_search(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: list[float]):
+    """fit_ridge as sklearn's GridSearchCV fits it, a Ridge per penalty and fold: the reference."""
     from sklearn.linear_model import Ridge
     from sklearn.model_selection import GridSearchCV, GroupKFold
     from sklearn.pipeline import make_pipeline
