@@ -297,7 +297,7 @@ def synthetic_rows(models=3, prompts=12, seed=0):
 
 
 @pytest.mark.parametrize("rows, width", [(90, 6), (60, 200)])  # fewer features than rows, and far more
-def test_the_ridge_from_one_svd_per_fold_chooses_and_predicts_as_grid_search(rows, width):
+def test_the_ridge_from_one_decomposition_per_fold_chooses_and_predicts_as_grid_search(rows, width):
     from alignscope.distill import DEFAULT_ALPHAS, fit_ridge, fit_ridge_grid_search
 
     rng = np.random.default_rng(width)
