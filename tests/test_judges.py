@@ -18,7 +18,7 @@ from alignscope.io import FOLDER_MARKER, InputError
 from alignscope.judge import BLIND_HEADS, DISTILLED_HEADS, DISTILLED_MANIFEST, DistilledJudge
 from alignscope.metrics import MetricsConfig
 from alignscope.score import ScoreConfig, rate_folder
-from tiny import tiny_deberta_rm, tiny_opt
+from tiny import tiny_deberta_rm, tiny_gemma3, tiny_opt
 
 TOPICS = ["weeds", "bread", "a bike", "chess", "tea", "a poem", "money", "a dog", "a wall", "eggs"]
 
@@ -62,8 +62,11 @@ def distilled(tmp_path_factory, rated):
     cfg = DistillConfig(ratings=str(rated), output_dir=str(root / "judge"), backbones=[str(backbone)],
                         alphas=[0.1, 1.0, 10.0, 100.0], prompt_folds=2, max_length=128)
     old = os.umask(UMASK)
+    ticks = []
     try:
-        return cfg, train_judge(cfg)
+        record = train_judge(cfg, ticks.append)
+        assert sum(ticks) == 60 and len(ticks) > 1  # the study's bar of answers, moving as features come
+        return cfg, record
     finally:
         os.umask(old)
 
@@ -119,7 +122,8 @@ def test_score_uses_a_distilled_judge_like_any_judge(distilled, rated, tmp_path)
                                                   for r in json.loads(f.read_text())]))
     cache = ResultCache(tmp_path / "cache")
     info = rate_folder(answers, tmp_path / "out", ScoreConfig(model=cfg.output_dir), cache)
-    assert info["computed"] == 60
+    # of the three models' answers to a prompt, the two good ones are the same text: rated once
+    assert (info["computed"], info["repeated"]) == (40, 20)
     ours = load_rated_dir(tmp_path / "out")
     judge = DistilledJudge(cfg.output_dir)
     m = ours[1]
@@ -135,6 +139,51 @@ def test_score_uses_a_distilled_judge_like_any_judge(distilled, rated, tmp_path)
         judge.rate(["q"], ["a"])
     again = rate_folder(answers, tmp_path / "out2", ScoreConfig(model=cfg.output_dir), cache)
     assert again["computed"] == 0  # cached, keyed by the judge's fingerprint and each answer's category
+
+
+DIALOGUES = ["Human: How do I boil an egg?", "Human: Hi\n\nAssistant:", "Human: " + "Tell me about the sea. " * 7]
+REPLIES = ["Put it in water for nine minutes.", "", "The sea is calm.", "Assistant: Hello there, friend", "x " * 80]
+
+
+def dialogue_rows(n=12):
+    """Every dialogue answered several times: an empty answer, and one so long that the dialogue
+    before it is cut shorter than before the others (a head of its own)."""
+    return [DIALOGUES[k % 3] for k in range(n)], [REPLIES[(k * 7) % 5] for k in range(n)]
+
+
+@pytest.mark.parametrize("builder", ["gemma3", "opt"])
+def test_each_dialogue_runs_once_and_its_answers_get_the_features_of_a_whole_pass(builder, tmp_path):
+    """Gemma-3's sliding-window layers (window 8 here, far below the 64 tokens read) continue
+    from the dialogue's cache exactly as a whole pass attends; the LM head, in blocks of OPT's
+    50k words, gives the log-probabilities of the model's own logits."""
+    from alignscope.judge import BackboneFeatures
+
+    folder = tiny_gemma3(tmp_path / "m") if builder == "gemma3" else tiny_opt(tmp_path / "m")
+    features = BackboneFeatures(str(folder), max_length=64, batch_size=3)
+    if builder == "gemma3":  # Gemma-2's softcapping of the logits, which the LM head's blocks must apply too
+        features.model.config.final_logit_softcapping = 3.0
+    prompts, answers = dialogue_rows()
+    shapes = []
+
+    def record(_, args, kw):  # rows in, and whether they continue a cache (transformers names it either way)
+        cache = kw.get("past_key_values", kw.get("cache"))
+        shapes.append((kw["input_ids"].shape, cache is not None and cache.get_seq_length() > 0))
+
+    features.model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+    whole = features.extract(prompts, answers, share_dialogue=False)
+    assert sum(s[0] for s, _ in shapes) == 12
+    shapes.clear()
+    shared = features.extract(prompts, answers)
+    heads = {tuple(ids[:len(ids) - n]) for ids, n in (features.encode(p, a) for p, a in zip(prompts, answers))}
+    assert len(heads) == 4  # three dialogues, one of them also cut short before the long answer
+    assert sum(s[0] for s, continued in shapes if not continued) == 4
+    assert sum(s[0] for s, continued in shapes if continued) == 12 - 2  # the empty answers need no pass
+    for k in whole:
+        assert shared[k].shape == whole[k].shape
+        assert np.abs(shared[k] - whole[k]).max() < 1e-5, k
+    if builder == "gemma3":  # the window matters: the same weights with a wide window read other features
+        wide = BackboneFeatures(str(tiny_gemma3(tmp_path / "wide", sliding_window=4096)), max_length=64)
+        assert np.abs(wide.extract(prompts, answers)["mean"] - shared["mean"]).max() > 1e-3
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -245,6 +294,28 @@ def synthetic_rows(models=3, prompts=12, seed=0):
     rows = Rows([f"q{k}" for k in range(n)], [f"a{k}" for k in range(n)], ratings, model, category, prompt_id,
                 [f"m{i}" for i in range(models)])
     return rows, {(0, "standard"): x}
+
+
+@pytest.mark.parametrize("rows, width", [(90, 6), (60, 200)])  # fewer features than rows, and far more
+def test_the_ridge_from_one_decomposition_per_fold_chooses_and_predicts_as_grid_search(rows, width):
+    from alignscope.distill import DEFAULT_ALPHAS, fit_ridge, fit_ridge_grid_search
+
+    rng = np.random.default_rng(width)
+    x = rng.normal(size=(rows, width)) * rng.uniform(0.1, 10, width) + rng.normal(size=width)
+    groups = np.repeat(np.arange(rows // 3), 3)
+    chosen = set()
+    for noise in (0.1, 3.0, 30.0):  # little noise wants a small penalty, much noise a large one
+        y = x[:, :4] @ np.array([1.0, -2.0, 0.5, 1.5]) + rng.normal(0, noise, rows)
+        ours, reference = fit_ridge(x, y, groups, DEFAULT_ALPHAS), fit_ridge_grid_search(x, y, groups, DEFAULT_ALPHAS)
+        assert ours.named_steps["ridge"].alpha == reference.named_steps["ridge"].alpha
+        unseen = rng.normal(size=(20, width)) * 5
+        assert np.abs(ours.predict(unseen) - reference.predict(unseen)).max() < 1e-8
+        chosen.add(ours.named_steps["ridge"].alpha)
+    assert len(chosen) > 1  # the choice was really made
+    # equal errors for every penalty (a constant target): the first penalty, as GridSearchCV breaks ties
+    flat = fit_ridge(x, np.ones(rows), groups, [10.0, 1.0, 100.0])
+    assert flat.named_steps["ridge"].alpha == fit_ridge_grid_search(x, np.ones(rows), groups,
+                                                                    [10.0, 1.0, 100.0]).named_steps["ridge"].alpha
 
 
 def test_a_held_out_fold_is_rated_by_heads_that_never_saw_its_ratings():

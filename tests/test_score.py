@@ -49,13 +49,15 @@ def test_rate_folder_writes_rated_files_and_caches_scores(rm, tmp_path):
     answers.mkdir()
     for i, name in ((1, "base"), (2, "sft")):
         for cat in ("harmful", "helpful"):
-            rows = [{"id": f"x/{k}", "prompt": q, "response": a if i == 1 else a.upper(), "tokens": 3, "stop": "eos"}
+            rows = [{"id": f"x/{k}", "prompt": q.replace("Human:", f"Human: ({cat})"),
+                     "response": a if i == 1 else a.upper(), "tokens": 3, "stop": "eos"}
                     for k, (q, a) in enumerate(zip(QUESTIONS, ANSWERS))]
             (answers / f"{i}_{name}_{cat}.json").write_text(json.dumps(rows))
     cache = ResultCache(tmp_path / "cache")
     cfg = ScoreConfig(model=str(folder), max_length=128)
     info = rate_folder(answers, tmp_path / "rated", cfg, cache)
-    assert info["computed"] == 16 and info["empty_answers"] == 4  # empty answers are scored, not dropped
+    assert info["empty_answers"] == 4  # empty answers are scored, not dropped ...
+    assert (info["computed"], info["repeated"]) == (14, 2)  # ... once per prompt: base's and sft's are the same
     rated = json.loads((tmp_path / "rated" / "2_sft_helpful.json").read_text())
     assert [r["response"] for r in rated] == [a.upper() for a in ANSWERS] and all("rating" in r for r in rated)
     from alignscope.answers import load_rated_dir
@@ -83,9 +85,47 @@ def test_rate_folder_writes_rated_files_and_caches_scores(rm, tmp_path):
     with pytest.raises(Killed):
         rate_folder(answers, tmp_path / "rated3", one_at_a_time, fresh, die_in_the_second_chunk)
     resumed = rate_folder(answers, tmp_path / "rated3", one_at_a_time, fresh)
-    assert (resumed["cached"], resumed["computed"]) == (CHUNK_BATCHES, 16 - CHUNK_BATCHES)
+    assert (resumed["cached"], resumed["computed"]) == (CHUNK_BATCHES, 14 - CHUNK_BATCHES)
     assert [r["rating"] for r in json.loads((tmp_path / "rated3" / "2_sft_helpful.json").read_text())] == \
         pytest.approx([r["rating"] for r in rated], abs=1e-5)
+
+
+def test_a_pair_that_recurs_across_files_is_rated_once_with_the_rating_it_gets_alone(rm, tmp_path):
+    """A variant that kept most of the base's answers: its repeated answers cost no rating, counted
+    as rows through the real reward model, and get the ratings of the base's file rated alone."""
+    import torch
+
+    folder, _, _ = rm
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    changed = ["Boil it.", *ANSWERS[1:]]  # one answer changed; the reward model's ratings ignore the category
+    for name, replies in (("1_base_helpful", ANSWERS), ("1_base_harmful", ANSWERS), ("2_dpo_helpful", changed)):
+        (answers / f"{name}.json").write_text(json.dumps([{"prompt": q, "response": a}
+                                                          for q, a in zip(QUESTIONS, replies)]))
+    rated_rows = []
+
+    def count_rows(module, args, output):  # every forward of any module: the reward model's count its rows
+        if type(module).__name__ == "DebertaV2ForSequenceClassification":
+            rated_rows.append(len(output.logits))
+
+    cfg = ScoreConfig(model=str(folder), max_length=128)
+    handle = torch.nn.modules.module.register_module_forward_hook(count_rows)
+    try:
+        info = rate_folder(answers, tmp_path / "rated", cfg)
+    finally:
+        handle.remove()
+    assert sum(rated_rows) == 5 and (info["computed"], info["repeated"]) == (5, 7)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "1_base_helpful.json").write_text((answers / "1_base_helpful.json").read_text())
+    rate_folder(alone, tmp_path / "rated-alone", cfg)
+    base = [r["rating"] for r in json.loads((tmp_path / "rated-alone" / "1_base_helpful.json").read_text())]
+    for name in ("1_base_helpful", "1_base_harmful"):
+        assert [r["rating"] for r in json.loads((tmp_path / "rated" / f"{name}.json").read_text())] == \
+            pytest.approx(base, abs=1e-5)
+    dpo = [r["rating"] for r in json.loads((tmp_path / "rated" / "2_dpo_helpful.json").read_text())]
+    assert dpo[1:] == pytest.approx(base[1:], abs=1e-5)
+    assert dpo[0] == pytest.approx(rm[1].rate(QUESTIONS[:1], changed[:1], max_length=128)[0][0], abs=1e-5)
 
 
 def test_a_reward_model_refuses_prompts_it_was_trained_on(rm, tmp_path):

@@ -107,7 +107,44 @@ def rows_of(models: list[RatedModel]) -> Rows:
 # --------------------------------------------------------------------------- fitting
 
 def fit_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: list[float]):
-    """Standardised ridge, its penalty chosen by grouped inner cross-validation (GroupKFold)."""
+    """Standardised ridge, its penalty chosen by grouped inner cross-validation (GroupKFold): what
+    fit_ridge_grid_search chooses, from one eigendecomposition per fold for every penalty at once.
+
+    Each fold standardises on its training rows (StandardScaler) and centres them as Ridge does.
+    With fewer rows than features (the judge's case), Z Z' = U L U' gives the predictions for
+    penalty a as Z_val Z' U diag(1 / (L + a)) U' y; otherwise Z' Z = V L V' gives
+    Z_val V diag(1 / (L + a)) V' Z' y. (numpy's SVD of a wide matrix took 1.1 s here, this 3 ms.)
+    The penalty of lowest mean squared error averaged over folds wins, the first in `alphas` on a
+    tie, as GridSearchCV ranks; the pipeline is then fitted on all rows, as GridSearchCV refits."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    alphas_ = np.asarray(alphas, dtype=np.float64)
+    errors = np.zeros(len(alphas_))
+    folds = GroupKFold(n_splits=min(5, len(np.unique(groups))))
+    for train, val in folds.split(x, y, groups):
+        scaler = StandardScaler().fit(x[train])
+        z, z_val = scaler.transform(x[train]), scaler.transform(x[val])
+        offset, y_offset = z.mean(0), y[train].mean()
+        z, z_val, target = z - offset, z_val - offset, y[train] - y_offset
+        if len(z) <= z.shape[1]:
+            eigenvalues, u = np.linalg.eigh(z @ z.T)
+            projected, b = z_val @ z.T @ u, u.T @ target
+        else:
+            eigenvalues, v = np.linalg.eigh(z.T @ z)
+            projected, b = z_val @ v, v.T @ (z.T @ target)
+        shrink = 1 / (np.clip(eigenvalues, 0, None) + alphas_[:, None])  # alphas, components
+        predictions = (shrink * b) @ projected.T + y_offset  # alphas, validation rows
+        errors += ((predictions - y[val]) ** 2).mean(1)
+    best = float(alphas[int(np.argmin(errors))])  # argmin: the first of equal errors
+    return make_pipeline(StandardScaler(), Ridge(alpha=best)).fit(x, y)
+
+
+def fit_ridge_grid_search(x: np.ndarray, y: np.ndarray, groups: np.ndarray, alphas: list[float]):
+    """fit_ridge as sklearn's GridSearchCV fits it, a Ridge per penalty and fold: the reference."""
     from sklearn.linear_model import Ridge
     from sklearn.model_selection import GridSearchCV, GroupKFold
     from sklearn.pipeline import make_pipeline

@@ -36,6 +36,9 @@ FEATURE_SETS = ("standard", "multilayer")
 # Bump when what BackboneFeatures computes changes: heads fitted to the old features then refuse to
 # rate new ones (fit the judge again) instead of rating them silently wrong.
 FEATURES_VERSION = 1
+# Blocks the LM head works in when it gives answer tokens' log-probabilities: 256 positions x 8192
+# words is 8 MB of float32, small enough for the allocator to reuse instead of mapping fresh pages.
+LOGIT_POSITIONS, LOGIT_WORDS = 256, 8192
 
 
 @dataclass
@@ -163,43 +166,164 @@ class BackboneFeatures:
         keep = self.max_length - len(body_ids)
         return head_ids[:1] + head_ids[1:][-(keep - 1):] + body_ids, len(body_ids)
 
-    def extract(self, prompts: list[str], answers: list[str], progress=None) -> dict[str, np.ndarray]:
-        """{"mean": [n, layers + 1, hidden], "last": [n, hidden], "lp": [n, 3]}, in input order."""
+    def extract(self, prompts: list[str], answers: list[str], progress=None,
+                share_dialogue: bool = True) -> dict[str, np.ndarray]:
+        """{"mean": [n, layers + 1, hidden], "last": [n, hidden], "lp": [n, 3]}, in input order.
+
+        share_dialogue=False runs every (dialogue, answer) through the backbone whole: the reference
+        the shared pass is checked against."""
         import torch
 
         encoded = [self.encode(p, a) for p, a in zip(prompts, answers)]
+        out = {"mean": [None] * len(encoded), "last": [None] * len(encoded), "lp": [None] * len(encoded)}
+        with torch.inference_mode():
+            (self._extract_shared if share_dialogue else self._extract_full)(encoded, out, progress)
+        return {k: np.stack(v).astype(np.float64) for k, v in out.items()}
+
+    def _extract_full(self, encoded: list[tuple[list[int], int]], out: dict, progress) -> None:
+        import torch
+
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]), reverse=True)
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id
-        out = {"mean": [None] * len(encoded), "last": [None] * len(encoded), "lp": [None] * len(encoded)}
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                width = max(len(encoded[i][0]) for i in rows)
-                keep = max(encoded[i][1] for i in rows) + 1
-                ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for r, i in enumerate(rows):  # left padding: every answer ends at the last column
-                    ids[r, width - len(encoded[i][0]):] = torch.tensor(encoded[i][0])
-                    mask[r, width - len(encoded[i][0]):] = 1
-                ids, mask = ids.to(device), mask.to(device)
-                result = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                                    output_hidden_states=True, logits_to_keep=keep)
-                states = torch.stack(result.hidden_states, 1).float()  # rows, layers + 1, width, hidden
-                logprobs = torch.log_softmax(result.logits.float(), -1)  # rows, keep, vocab
-                for r, i in enumerate(rows):
-                    n = encoded[i][1]
-                    span = states[r, :, width - max(n, 1):]  # an empty answer: its dialogue's last token
-                    out["mean"][i] = span.mean(1).cpu().numpy()
-                    out["last"][i] = states[r, -1, -1].cpu().numpy()
-                    if n:  # logits at column t predict token t + 1: the answer's from keep - n - 1 on
-                        lp = logprobs[r, keep - n - 1:keep - 1].gather(-1, ids[r, width - n:, None])[:, 0]
-                        out["lp"][i] = np.array([lp.mean().item(), lp.min().item(), np.log1p(n)])
-                    else:
-                        out["lp"][i] = np.zeros(3)
-                if progress:
-                    progress(len(rows))
-        return {k: np.stack(v).astype(np.float64) for k, v in out.items()}
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            width = max(len(encoded[i][0]) for i in rows)
+            keep = max(encoded[i][1] for i in rows) + 1
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):  # left padding: every answer ends at the last column
+                ids[r, width - len(encoded[i][0]):] = torch.tensor(encoded[i][0])
+                mask[r, width - len(encoded[i][0]):] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            result = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                output_hidden_states=True, logits_to_keep=keep)
+            states = torch.stack(result.hidden_states, 1).float()  # rows, layers + 1, width, hidden
+            logprobs = torch.log_softmax(result.logits.float(), -1)  # rows, keep, vocab
+            for r, i in enumerate(rows):
+                n = encoded[i][1]
+                span = states[r, :, width - max(n, 1):]  # an empty answer: its dialogue's last token
+                out["mean"][i] = span.mean(1).cpu().numpy()
+                out["last"][i] = states[r, -1, -1].cpu().numpy()
+                if n:  # logits at column t predict token t + 1: the answer's from keep - n - 1 on
+                    lp = logprobs[r, keep - n - 1:keep - 1].gather(-1, ids[r, width - n:, None])[:, 0]
+                    out["lp"][i] = np.array([lp.mean().item(), lp.min().item(), np.log1p(n)])
+                else:
+                    out["lp"][i] = np.zeros(3)
+            if progress:
+                progress(len(rows))
+
+    def _extract_shared(self, encoded: list[tuple[list[int], int]], out: dict, progress) -> None:
+        """Each distinct dialogue once, then all of its answers from its KV cache.
+
+        Grouped by the exact head ids: encode cuts a dialogue shorter beside a long answer.
+        The caches hold every position, sliding-window layers included (their window is
+        applied by the mask, over the same positions as a whole pass)."""
+        answers_of: dict[tuple, list[int]] = {}
+        for i, (ids, n) in enumerate(encoded):
+            answers_of.setdefault(tuple(ids[:len(ids) - n]), []).append(i)
+        heads = sorted(answers_of, key=len, reverse=True)
+        batch: list[tuple] = []
+        for k, head in enumerate(heads):  # dialogues together until their answers fill a batch
+            batch.append(head)
+            if sum(len(answers_of[h]) for h in batch) >= self.batch_size or k == len(heads) - 1:
+                self._extract_dialogues(batch, [answers_of[h] for h in batch], encoded, out, progress)
+                batch = []
+
+    def _extract_dialogues(self, heads: list[tuple], rows_of: list[list[int]], encoded: list, out: dict,
+                           progress) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
+        width = len(heads[0])
+        ids = torch.full((len(heads), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(heads), width), dtype=torch.long)
+        for j, head in enumerate(heads):  # left padding: every dialogue ends at the last column
+            ids[j, width - len(head):] = torch.tensor(head)
+            mask[j, width - len(head):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        # the body alone: the LM head runs on the positions that predict answer tokens only (answer_logprobs)
+        prefill = self.model.base_model(input_ids=ids, attention_mask=mask, past_key_values=DynamicCache(),
+                                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                                        output_hidden_states=True)
+        head_states = torch.stack([s[:, -1] for s in prefill.hidden_states], 1)  # heads, layers + 1, hidden
+        kv = [(layer.keys, layer.values) for layer in prefill.past_key_values.layers]
+        answered = []
+        for j, rows in enumerate(rows_of):
+            for i in rows:
+                if encoded[i][1]:
+                    answered.append((j, i))
+                else:  # an empty answer: its dialogue's last token
+                    out["mean"][i] = head_states[j].cpu().numpy()
+                    out["last"][i] = head_states[j, -1].cpu().numpy()
+                    out["lp"][i] = np.zeros(3)
+        if progress and len(answered) < sum(map(len, rows_of)):
+            progress(sum(map(len, rows_of)) - len(answered))
+        answered.sort(key=lambda ji: encoded[ji[1]][1], reverse=True)
+        for start in range(0, len(answered), self.batch_size):
+            chunk = answered[start:start + self.batch_size]
+            self._continue(chunk, encoded, kv, mask, head_states[:, -1], out)
+            if progress:
+                progress(len(chunk))
+
+    def _continue(self, chunk: list[tuple[int, int]], encoded: list, kv: list, head_mask, head_final,
+                  out: dict) -> None:
+        """Answers `chunk` ((dialogue, row) pairs) right-padded after their dialogues' cached states."""
+        import torch
+        from transformers import DynamicCache
+
+        device = head_mask.device
+        heads = torch.tensor([j for j, _ in chunk], device=device)
+        lengths = [encoded[i][1] for _, i in chunk]
+        m = max(lengths)
+        ids = torch.full((len(chunk), m), self.tokenizer.pad_token_id, dtype=torch.long)
+        answer_mask = torch.zeros((len(chunk), m), dtype=torch.long)
+        for r, (_, i) in enumerate(chunk):
+            ids[r, :lengths[r]] = torch.tensor(encoded[i][0][-lengths[r]:])
+            answer_mask[r, :lengths[r]] = 1
+        ids, answer_mask = ids.to(device), answer_mask.to(device)
+        mask = torch.cat([head_mask[heads], answer_mask], 1)
+        positions = head_mask[heads].sum(-1, keepdim=True) + torch.arange(m, device=device)
+        cache = DynamicCache(ddp_cache_data=[(k[heads], v[heads]) for k, v in kv])
+        result = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                       past_key_values=cache, use_cache=True, output_hidden_states=True)
+        final = result.hidden_states[-1]
+        # the answer's token t is predicted by its dialogue's last position (t = 0) or its own token t - 1
+        predictors = torch.cat([torch.cat([head_final[j, None], final[r, :n - 1]])
+                                for r, ((j, _), n) in enumerate(zip(chunk, lengths))])
+        logprobs = self.answer_logprobs(predictors, torch.cat([ids[r, :n] for r, n in enumerate(lengths)]))
+        for r, (lp, (_, i)) in enumerate(zip(logprobs.split(lengths), chunk)):
+            n = lengths[r]
+            out["mean"][i] = torch.stack([s[r, :n].float().mean(0) for s in result.hidden_states]).cpu().numpy()
+            out["last"][i] = final[r, n - 1].float().cpu().numpy()
+            out["lp"][i] = np.array([lp.mean().item(), lp.min().item(), np.log1p(n)])
+
+    def answer_logprobs(self, states, targets):
+        """log p(target) at each of these final states, as the model's own logits give it: the LM head in
+        blocks of positions and of the vocabulary, each block's logit of the target and logsumexp
+        combined, so that no [positions, vocabulary] array (Gemma-3: 262k words) is ever made."""
+        import torch
+
+        head = self.model.get_output_embeddings()
+        cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
+        out = []
+        for start in range(0, len(states), LOGIT_POSITIONS):
+            h, t = states[start:start + LOGIT_POSITIONS], targets[start:start + LOGIT_POSITIONS]
+            total = torch.full((len(h),), -torch.inf, device=h.device)
+            picked = torch.zeros(len(h), device=h.device)
+            for v in range(0, head.weight.shape[0], LOGIT_WORDS):
+                bias = head.bias[v:v + LOGIT_WORDS] if head.bias is not None else None
+                logits = torch.nn.functional.linear(h, head.weight[v:v + LOGIT_WORDS], bias)
+                if cap is not None:  # as Gemma's forward softcaps, in the model's dtype
+                    logits = torch.tanh(logits / cap) * cap
+                logits = logits.float()
+                total = torch.logaddexp(total, torch.logsumexp(logits, -1))
+                inside = (t >= v) & (t < v + logits.shape[1])
+                picked[inside] = logits[inside, t[inside] - v]
+            out.append(picked - total)
+        return torch.cat(out)
 
 
 def layer_step(layers: int) -> int:

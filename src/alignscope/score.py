@@ -1,7 +1,9 @@
 """Rate answer files with a judge, batched and cached: the rated files `report` reads.
 
 Every answer is rated, empty ones included, and a rating is reused only for the
-same judge (by fingerprint), the same encoding settings, prompt and answer. The
+same judge (by fingerprint), the same encoding settings, prompt and answer (and
+category, for a distilled judge): from the cache, or from the same run when a pair
+recurs (variants that did not change the base's answer), which is rated once. The
 output folder's `scoring.json` says "complete": false before the first rated file
 is written and lists every file once the last is: a reader refuses a folder left
 between the two.
@@ -59,12 +61,18 @@ def rate_pairs_cached(cfg: ScoreConfig, questions: list[str], answers: list[str]
     by_category = is_distilled(resolved)
     keys = [cache.key("score", fingerprint, settings, q, a, *([c] if by_category else []))
             for q, a, c in zip(questions, answers, categories)]
+    # a pair that recurs (a variant that left the base's answer as it was) is looked up and rated once
+    first: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    rows = list(first.values())  # the pairs to look up, each a first occurrence
+    position = {i: m for m, i in enumerate(rows)}
 
     def compute(missing: list[int], store) -> None:
         judge = load_judge(cfg.model, cfg.allow_pickle, cfg.revision)
         # longest first, a few batches at a time: batches stay tight, and each chunk's ratings enter
         # the cache as soon as they are known, so a killed run keeps what it finished
-        missing = sorted(missing, key=lambda i: len(questions[i]) + len(answers[i]), reverse=True)
+        missing = sorted((rows[m] for m in missing), key=lambda i: len(questions[i]) + len(answers[i]), reverse=True)
         step = cfg.batch_size * CHUNK_BATCHES
         for start in range(0, len(missing), step):
             chunk = missing[start:start + step]
@@ -76,12 +84,16 @@ def rate_pairs_cached(cfg: ScoreConfig, questions: list[str], answers: list[str]
             else:
                 ratings, cuts = judge.rate(*args, cfg.max_length, cfg.batch_size, progress)
             for k, (i, rating, cut) in enumerate(zip(chunk, ratings, cuts)):
-                store(i, {"rating": rating, "answer_tokens_cut": cut}
+                store(position[i], {"rating": rating, "answer_tokens_cut": cut}
                       | ({BLIND_RATING: checks[k]} if checks is not None else {}))
 
-    found, info = cached_map(cache, keys, compute, progress)
-    return found, {"scorer": cfg.model, "resolved": resolved, "revision": cfg.revision, "fingerprint": fingerprint,
-                   "max_length": cfg.max_length, **info}
+    found, info = cached_map(cache, list(first), compute, progress)
+    if progress and len(rows) < len(keys):
+        progress(len(keys) - len(rows))
+    by_key = dict(zip(first, found))
+    return [by_key[k] for k in keys], {"scorer": cfg.model, "resolved": resolved, "revision": cfg.revision,
+                                       "fingerprint": fingerprint, "max_length": cfg.max_length, **info,
+                                       "repeated": len(keys) - len(rows)}
 
 
 def rate_files(files: list[AnswerFile], out_dir: str | Path, cfg: ScoreConfig = ScoreConfig(),

@@ -201,7 +201,10 @@ class StudyRun:
             cfg = self.distill_config()
 
             def distil() -> dict:
-                record = train_judge(cfg)
+                answers = sum(len(read_json(p)) for p in self.reference_files()) * len(cfg.backbones)
+                bar, tick = progress_bar(answers, "judge features", self.quiet)
+                record = train_judge(cfg, tick)
+                bar.close()
                 return {"validation": record["validation"], "backbones": record["backbones"],
                         "trained_prompts": record["trained_on"]["prompts"], "answers": record["trained_on"]["answers"]}
 
