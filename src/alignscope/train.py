@@ -228,6 +228,20 @@ def _checkpoint_marker_callback():
     return MarkComplete()
 
 
+def _no_checkpoint_at_the_last_step():
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        """Trainer saves a checkpoint (optimizer state too) at the last step; save_outputs writes the model
+        right after, and a run killed in between resumes from the checkpoint before and saves again."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
+    return NoFinalCheckpoint()
+
+
 def last_complete_checkpoint(folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
@@ -297,7 +311,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, dataset, ref_model=None, p
     # the held-out pairs go in as TRL's eval set, so that TRL tokenizes them as it does the training rows
     kwargs = dict(model=model, args=args, processing_class=tokenizer, train_dataset=dataset, eval_dataset=heldout,
                   peft_config=lora_config(cfg.lora) if cfg.lora else None,
-                  callbacks=[_checkpoint_marker_callback()])
+                  callbacks=[_checkpoint_marker_callback(), _no_checkpoint_at_the_last_step()])
     if cfg.method == "sft":
         # the length sampler measures SFT rows by their input_ids
         return resumable(SFTTrainer)(**kwargs)
