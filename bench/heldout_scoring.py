@@ -24,14 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import alignscope.heldout as heldout  # noqa: E402
+from alignscope.cache import disabled_cache  # noqa: E402
 from alignscope.train import build_trainer, dpo_dataset, heldout_logps, load_recipe, setup  # noqa: E402
 
 
 def score(trainer) -> tuple[float, list]:
     start = time.perf_counter()
-    policy, _ = heldout_logps(trainer)
+    # no log-prob cache: every run computes every row
+    policy, _, _ = heldout_logps(trainer, "policy", disabled_cache())
     with trainer.accelerator.unwrap_model(trainer.model).disable_adapter():
-        reference, _ = heldout_logps(trainer)
+        reference, _, _ = heldout_logps(trainer, "reference", disabled_cache())
     return time.perf_counter() - start, policy + reference
 
 

@@ -163,6 +163,31 @@ def test_a_killed_run_resumes_to_the_same_loss(world, method):
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
 
 
+def test_the_last_step_saves_no_checkpoint_and_a_run_killed_after_it_resumes_to_the_same_weights(world):
+    from safetensors.torch import load_file
+
+    root = world["root"] / "last-step"
+
+    def cfg(name):  # 18 steps, saving every 6: checkpoints at 6 and 12, none at 18 (the model is saved then)
+        return TrainConfig(method="sft", model=str(world["model"]), output_dir=str(root / name), data=world["data"],
+                           training=settings(epochs=3, save_steps=6, keep_checkpoints=True))
+
+    def checkpoints(name):
+        return sorted(p.name for p in (root / name / "checkpoints").glob("checkpoint-*"))
+
+    straight = train(cfg("straight"))
+    assert checkpoints("straight") == ["checkpoint-12", "checkpoint-6"]
+    with pytest.raises(TrainingInterrupted):
+        train(cfg("killed"), stop_after_step=18)  # after the last step, before the model is saved
+    assert checkpoints("killed") == ["checkpoint-12", "checkpoint-6"] and not (root / "killed" / "model").exists()
+    resumed = train(cfg("killed"))
+    assert json.loads((root / "killed" / "done.json").read_text())["resumed_from"].endswith("checkpoint-12")
+    a, b = logged(straight.log_history, "loss"), logged(resumed.log_history, "loss")
+    assert len(a) == len(b) == 18 and max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+    w, v = load_file(straight.model_dir / "model.safetensors"), load_file(resumed.model_dir / "model.safetensors")
+    assert max(float((w[k] - v[k]).abs().max()) for k in w) < 1e-5
+
+
 def test_outputs_and_rerun_skips(world):
     out = world["sft"].output_dir
     assert {p.name for p in out.iterdir()} >= {"model", "recipe.yaml", "data_manifest.json", "train_log.json",

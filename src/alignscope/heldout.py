@@ -145,6 +145,33 @@ def takes_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
+LOGPS_VERSION = 1
+"""Part of every cached log-prob's key: bump it when `sequence_logps` changes the numbers it returns."""
+
+
+def scored_sequences(collator, row) -> list[tuple[list[int], list[int]]]:
+    """A dataset row's sequences as `sequence_logps` sees them (DPO: chosen, then rejected), padding
+    removed: (token ids, labels with -100 off the reply). Collated alone, so no other row pads it."""
+    import torch
+
+    batch = collator([row])
+    ids = batch["input_ids"]
+    labels = batch["labels"] if "labels" in batch else ids.masked_fill(batch["completion_mask"] == 0, -100)
+    real = batch["attention_mask"] == 1 if "attention_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
+    return [(ids[r][real[r]].tolist(), labels[r][real[r]].tolist()) for r in range(ids.shape[0])]
+
+
+def scoring_settings(trainer, model) -> dict:
+    """What decides a log-prob besides the weights and the tokens: precision, device, library versions."""
+    import torch
+    import transformers
+
+    weight = next(model.parameters())
+    return {"version": LOGPS_VERSION, "mixed_precision": str(trainer.accelerator.mixed_precision),
+            "dtype": str(weight.dtype), "device": weight.device.type, "max_length": trainer.args.max_length,
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
 def dataloader_logps(trainer, model, dataloader) -> tuple[list[float], list[float]]:
     """Every sequence's (summed log-prob, labelled tokens) over an eval dataloader, gathered across
     processes in dataset order."""

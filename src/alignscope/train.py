@@ -30,14 +30,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from alignscope.cache import ResultCache
 from alignscope.config import load_config, validated
 from alignscope.data import DataConfig, LoadedData, Pair, data_fingerprint, load_pairs, text_of
 from alignscope.heldout import (HeldoutSettings, dataloader_logps, describe, dpo_summary, heldout_pairs,
-                                inherited_openings, opening_key, sft_summary)
+                                inherited_openings, opening_key, scored_sequences, scoring_settings, sft_summary)
 from alignscope.io import (InputError, atomic_folder, atomic_write_json, atomic_write_text, read_json,
                            replace_folder, sha256_json, sha256_text)
-from alignscope.models import (chat_template, choose_precision, load_causal_lm, load_tokenizer, model_fingerprint,
-                               resolve_model)
+from alignscope.models import (cache_dir, chat_template, choose_precision, load_causal_lm, load_tokenizer,
+                               model_fingerprint, resolve_model)
 from alignscope.provenance import package_versions
 from alignscope.trl_patches import compact_lm_head, resumable
 
@@ -227,6 +228,20 @@ def _checkpoint_marker_callback():
     return MarkComplete()
 
 
+def _no_checkpoint_at_the_last_step():
+    from transformers import TrainerCallback
+
+    class NoFinalCheckpoint(TrainerCallback):
+        """Trainer saves a checkpoint (optimizer state too) at the last step; save_outputs writes the model
+        right after, and a run killed in between resumes from the checkpoint before and saves again."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
+    return NoFinalCheckpoint()
+
+
 def last_complete_checkpoint(folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
@@ -296,7 +311,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, dataset, ref_model=None, p
     # the held-out pairs go in as TRL's eval set, so that TRL tokenizes them as it does the training rows
     kwargs = dict(model=model, args=args, processing_class=tokenizer, train_dataset=dataset, eval_dataset=heldout,
                   peft_config=lora_config(cfg.lora) if cfg.lora else None,
-                  callbacks=[_checkpoint_marker_callback()])
+                  callbacks=[_checkpoint_marker_callback(), _no_checkpoint_at_the_last_step()])
     if cfg.method == "sft":
         # the length sampler measures SFT rows by their input_ids
         return resumable(SFTTrainer)(**kwargs)
@@ -365,8 +380,9 @@ def finished_run(out: Path, digest: str) -> TrainResult | None:
                      "or delete that folder")
 
 
-def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResult:
-    """Run a recipe to completion, or resume it. `stop_after_step` simulates a kill (tests)."""
+def train(cfg: TrainConfig, *, stop_after_step: int | None = None, logp_cache: ResultCache | None = None) -> TrainResult:
+    """Run a recipe to completion, or resume it. `stop_after_step` simulates a kill (tests). Held-out
+    log-probabilities are shared through `logp_cache` (default: the one under the cache folder)."""
     import torch
 
     cfg = validated(cfg, "recipe")
@@ -378,6 +394,7 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     started = time.time()
+    logp_cache = logp_cache or ResultCache(cache_dir() / "logps")
     s = setup(cfg)
     as_dataset = sft_dataset if cfg.method == "sft" else dpo_dataset
     checkpoints = out / "checkpoints"
@@ -392,21 +409,25 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
         if stop_after_step is not None:
             trainer.add_callback(_stop_at(stop_after_step))
         resume = last_complete_checkpoint(checkpoints)
+        start = model_fingerprint(s.resolved, cfg.revision)
         # SFT's "before": the starting weights, which a resumed run still holds until train() loads the checkpoint
-        before = heldout_logps(trainer) if s.heldout and cfg.method == "sft" else None
+        before = heldout_logps(trainer, start, logp_cache) if s.heldout and cfg.method == "sft" else None
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        heldout = heldout_record(cfg, trainer, s, before) if s.heldout else {**s.heldout_info, "ids": None}
+        model_dir = save_outputs(trainer, s.tokenizer, cfg, out)
+        # scored after the save, whose fingerprint names the trained weights; a kill before done.json
+        # resumes from the last checkpoint and saves again
+        heldout = (heldout_record(cfg, trainer, s, before, start, out, logp_cache) if s.heldout
+                   else {**s.heldout_info, "ids": None})
 
-    model_dir = save_outputs(trainer, s.tokenizer, cfg, out)
     if trainer.accelerator.is_main_process:
         atomic_write_json(out / "heldout.json", heldout)
-        heldout = {k: v for k, v in heldout.items() if k not in ("ids", "values")}
+        heldout = {k: v for k, v in heldout.items() if k not in ("ids", "values", "scoring")}
         trainer.state.log_history.append({"step": trainer.state.global_step, "heldout": heldout})
         atomic_write_json(out / "train_log.json", trainer.state.log_history)
         atomic_write_json(out / DONE_FILE, {
             "recipe_hash": digest, "model_dir": str(model_dir), "precision": s.precision,
             "resolved_model": s.resolved, "revision": cfg.revision,
-            "start_fingerprint": model_fingerprint(s.resolved, cfg.revision), "seed": cfg.training.seed,
+            "start_fingerprint": start, "seed": cfg.training.seed,
             "dropout_disabled": s.dropout_disabled, "global_step": trainer.state.global_step,
             "resumed_from": str(resume) if resume else None, "seconds": round(time.time() - started, 1),
             "processes": trainer.accelerator.num_processes, "heldout": heldout, "versions": package_versions()})
@@ -415,18 +436,61 @@ def train(cfg: TrainConfig, *, stop_after_step: int | None = None) -> TrainResul
     return TrainResult(out, model_dir, trainer.state.log_history)
 
 
-def heldout_logps(trainer, model=None) -> tuple[list, list]:
-    """Every held-out sequence in dataset order (Trainer's own eval loader groups them by length)."""
+def heldout_logps(trainer, weights: str, cache: ResultCache, model=None) -> tuple[list, list, dict]:
+    """Every held-out sequence's (summed log-prob, labelled tokens) in dataset order, for the weights
+    fingerprinted `weights`, and how many rows were computed. A row is looked up in `cache` by those
+    weights, its tokens and what else decides the numbers (`scoring_settings`); the rows missing are
+    computed in dataset order, batched as before (Trainer's own eval loader groups them by length).
+    A cached value may come from another batch, so it can differ from a fresh one by float rounding."""
+    from accelerate.utils import broadcast_object_list
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(trainer.eval_dataset, batch_size=trainer.args.per_device_eval_batch_size,
-                        collate_fn=trainer.data_collator, shuffle=False)
-    return dataloader_logps(trainer, model or trainer.model, trainer.accelerator.prepare(loader))
+    model = model or trainer.model
+    rows, state = trainer.eval_dataset, trainer.accelerator
+    found = None
+    if state.is_main_process:
+        settings = scoring_settings(trainer, model)
+        keys = [[ResultCache.key("logps", weights, settings, ids, labels)
+                 for ids, labels in scored_sequences(trainer.data_collator, row)] for row in rows]
+        found = [[cache.get(k) for k in row_keys] for row_keys in keys]
+    if state.num_processes > 1:
+        found = broadcast_object_list([found])[0]  # every process must score the same rows
+    missing = [i for i, values in enumerate(found) if None in values]
+    started = time.time()
+    if missing:
+        loader = DataLoader(rows.select(missing), batch_size=trainer.args.per_device_eval_batch_size,
+                            collate_fn=trainer.data_collator, shuffle=False)
+        sums, counts = dataloader_logps(trainer, model, state.prepare(loader))
+        for i, row_sums, row_counts in zip(missing, sums, counts):
+            # a DPO row is a pair [chosen, rejected], an SFT row one sequence
+            found[i] = ([list(v) for v in zip(row_sums, row_counts)] if isinstance(row_sums, list)
+                        else [[row_sums, row_counts]])
+            if state.is_main_process:
+                for key, value in zip(keys[i], found[i]):
+                    cache.put(key, value)
+
+    def column(j: int) -> list:
+        return [[v[j] for v in values] if len(values) > 1 else values[0][j] for values in found]
+
+    return column(0), column(1), {"rows": len(found), "computed": len(missing),
+                                  "seconds": round(time.time() - started, 2)}
 
 
-def heldout_record(cfg: TrainConfig, trainer, s: Setup, before) -> dict:
-    """The held-out evidence of learning: for done.json and the log (summaries), heldout.json (every pair)."""
-    after, tokens = heldout_logps(trainer)
+def trained_weights(trainer, start: str, out: Path) -> str:
+    """The fingerprint of the weights the trained policy is scored with. A full fine-tune: the saved
+    model/ (the same tensors). LoRA: the base with the saved adapter on, a key of its own, because the
+    merged model/ computes the same log-probs only to float rounding."""
+    from peft import PeftModel
+
+    if isinstance(trainer.accelerator.unwrap_model(trainer.model), PeftModel):
+        return f"lora:{start}+{model_fingerprint(str(out / 'adapter'))}"
+    return model_fingerprint(str(out / "model"))
+
+
+def heldout_record(cfg: TrainConfig, trainer, s: Setup, before, start: str, out: Path, cache: ResultCache) -> dict:
+    """The held-out evidence of learning: for done.json and the log (summaries), heldout.json (every pair,
+    and how many rows each scoring computed rather than found in `cache`)."""
+    after, tokens, scoring = heldout_logps(trainer, trained_weights(trainer, start, out), cache)
     level, record = cfg.heldout.confidence, dict(s.heldout_info)
     # TRL drops a pair whose prompt alone fills max_length: the record keeps the pairs scored
     kept = list(trainer.eval_dataset["id"])
@@ -436,14 +500,19 @@ def heldout_record(cfg: TrainConfig, trainer, s: Setup, before) -> dict:
     if cfg.method == "sft":
         record["sft"] = sft_summary(before[0], after, tokens, level, cfg.training.seed)
         record["values"] = {"logp_before": before[0], "logp_after": after, "tokens": tokens}
+        record["scoring"] = {"before": before[2], "after": scoring}
     else:
+        # the reference's weights: another model's, else the starting model's (LoRA: the adapter switched off)
+        reference_weights = (model_fingerprint(resolve_model(cfg.dpo.reference, cfg.allow_pickle),
+                                               reference_revision(cfg)) if cfg.dpo.reference else start)
         if trainer.ref_model is not None:
-            reference, _ = heldout_logps(trainer, trainer.ref_model)
-        else:  # LoRA: the reference is the policy with its adapter switched off
+            reference, _, scored = heldout_logps(trainer, reference_weights, cache, trainer.ref_model)
+        else:
             with trainer.accelerator.unwrap_model(trainer.model).disable_adapter():
-                reference, _ = heldout_logps(trainer)
+                reference, _, scored = heldout_logps(trainer, reference_weights, cache)
         record["dpo"] = dpo_summary(after, reference, [subset[i] for i in kept], level)
         record["values"] = {"policy": after, "reference": reference}
+        record["scoring"] = {"policy": scoring, "reference": scored}
     print(f"{cfg.output_dir}: {describe(record)}", flush=True)
     return record
 
