@@ -85,3 +85,109 @@ def test_a_sliding_window_shorter_than_the_rows_goes_the_two_row_way(tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_gemma3(tmp_path / "g", sliding_window=8))
     assert completion_logps(model, collated()) is None
+
+
+# --------------------------------------------------------------------------- training steps
+
+def dpo_trainer(tmp_path, model_dir, lora: bool, shared: bool = True):
+    from alignscope.models import load_causal_lm, load_tokenizer
+    from alignscope.train import (LoraSettings, TrainConfig, TrainingSettings, build_trainer, dpo_dataset,
+                                  load_pairs)
+    from alignscope.data import DataConfig
+
+    data = DataConfig(source=str(tmp_path / "data"), subsets=["harmless-base"])
+    cfg = TrainConfig(method="dpo", model=str(model_dir), output_dir=str(tmp_path / "out"), data=data,
+                      lora=LoraSettings(r=4, dropout=0.1) if lora else None,
+                      training=TrainingSettings(per_device_batch_size=3, precision="fp32", shared_prompt=shared))
+    model, _ = load_causal_lm(str(model_dir), disable_dropout=True)
+    ref = None if lora else load_causal_lm(str(model_dir), disable_dropout=True)[0]
+    return build_trainer(cfg, model, load_tokenizer(str(model_dir)), dpo_dataset(load_pairs(data).pairs), ref,
+                         checkpoints=tmp_path / "ckpt")
+
+
+def varied_pairs(n):
+    """HH rows whose prompts and replies differ in length, so a batch pads both."""
+    rows = []
+    for i in range(n):
+        prompt = f"\n\nHuman: How do I bake bread{' again' * (4 * i)}? ({i})\n\nAssistant:"
+        rows.append({"chosen": prompt + " Sure" + " indeed" * (2 * i) + ".", "rejected": prompt + " No" + "!" * (5 - i)})
+    return rows
+
+
+def step(trainer, batch, loss_of):
+    """Loss, the logged metrics and the trainable weights' gradients of one training step's loss."""
+    model = trainer.model
+    model.train()
+    model.zero_grad()
+    trainer._metrics["train"].clear()
+    loss = loss_of(trainer, model, batch)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
+    return loss.detach(), metrics, grads
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora, adapter-off reference", "full, reference model"])
+@pytest.mark.parametrize("variant", ["sigmoid", "ipo", "ld_alpha"])
+def test_a_training_step_equals_trls_own(tmp_path, lora, variant):
+    """Same batch, same weights: TRL's own two-row `compute_loss` (the base class's, so the fused forward
+    is called as TRL calls it) against ours. The loss, every logged reward, log-prob, logit and accuracy,
+    and the gradients agree."""
+    from trl import DPOTrainer
+
+    from conftest import write_hh
+    from tiny import tiny_llama
+
+    write_hh(tmp_path / "data", "harmless-base", "train", varied_pairs(3))
+    trainer = dpo_trainer(tmp_path, tiny_llama(tmp_path / "llama"), lora)
+    if variant == "ld_alpha":
+        trainer.ld_alpha = 0.5
+    else:
+        trainer.loss_types = [variant]
+    # policy and reference start equal (a fresh adapter is zero): move the policy off, so rewards are not 0
+    torch.manual_seed(1)
+    for name, p in trainer.model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+        elif not lora:
+            p.data.add_(torch.randn_like(p), alpha=0.05)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert type(trainer).__name__.startswith("SharedPrompt") and pack(batch) is not None
+    assert len(set(batch["completion_mask"].sum(1).tolist())) > 2 and (batch["attention_mask"] == 0).any()
+
+    ours = step(trainer, batch, lambda t, m, b: t.compute_loss(m, b))
+    theirs = step(trainer, batch, lambda t, m, b: DPOTrainer.compute_loss(t, m, b))
+    torch.testing.assert_close(ours[0], theirs[0], atol=1e-5, rtol=0)
+    assert ours[1].keys() == theirs[1].keys() and "rewards/margins" in ours[1]
+    for key in theirs[1]:
+        assert ours[1][key] == pytest.approx(theirs[1][key], abs=1e-5), key
+    assert abs(theirs[1]["rewards/margins"]) > 1e-3  # the rewards differ from zero, so the comparison bites
+    assert ours[2].keys() == theirs[2].keys() and len(ours[2]) > 0
+    for name in theirs[2]:
+        scale = theirs[2][name].abs().max()
+        assert scale > 0, name
+        assert (ours[2][name] - theirs[2][name]).abs().max() <= 1e-5 * scale, name
+
+
+def test_precomputed_reference_log_probs_share_prompts_too(tmp_path):
+    from trl import DPOTrainer
+
+    from conftest import write_hh
+    from tiny import tiny_llama
+
+    write_hh(tmp_path / "data", "harmless-base", "train", varied_pairs(3))
+    trainer = dpo_trainer(tmp_path, tiny_llama(tmp_path / "llama"), lora=False)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    ours = trainer.compute_ref_log_probs(trainer.ref_model, batch)
+    theirs = DPOTrainer.compute_ref_log_probs(trainer, trainer.ref_model, batch)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_the_setting_off_builds_trls_own_trainer(tmp_path):
+    from conftest import write_hh
+    from tiny import tiny_llama
+
+    write_hh(tmp_path / "data", "harmless-base", "train", varied_pairs(3))
+    trainer = dpo_trainer(tmp_path, tiny_llama(tmp_path / "llama"), lora=True, shared=False)
+    assert type(trainer).__name__ == "ResumableDPOTrainer"
