@@ -5,8 +5,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "alignscope"
 # shared plumbing, each importing only helpers listed before it
-HELPERS = ["io", "config", "cache", "models", "answers", "trl_patches", "provenance", "kv_cache", "memory", "stages",
-           "markdown"]
+HELPERS = ["io", "config", "cache", "models", "answers", "trl_patches", "shared_prompt", "provenance", "kv_cache",
+           "memory", "stages", "markdown"]
 # the pipeline, in order; each may import helpers and earlier stages
 # (a subpackage's modules are named with a dot; the subpackage itself by its __init__)
 PIPELINE = ["data", "suites.xstest", "suites.prompt_file", "suites", "evalset", "heldout", "train", "generate", "judge",

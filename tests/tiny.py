@@ -119,3 +119,19 @@ def tiny_chat_opt(folder: Path, seed: int = 0) -> Path:
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHATML
     return tiny_opt(folder, seed, tok)
+
+
+def tiny_llama(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama (SmolLM2's class) with grouped-query attention and OPT's tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = opt_tokenizer(folder.parent / f".{folder.name}-tok")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from alignscope.data import DataConfig, Pair, first_human_turn, load_pairs
 from alignscope.io import read_json
+from alignscope.shared_prompt import completion_logps
 
 # an opening's key in a run's manifest: 64 bits of its sha256 (a full train split is ~160k of them)
 KEY_HEX = 16
@@ -94,16 +95,20 @@ def even_share(total: int, parts: int, i: int) -> int:
 
 # --------------------------------------------------------------------------- scoring
 
-def sequence_logps(model, batch) -> tuple:
+def sequence_logps(model, batch, share_prompts: bool = True) -> tuple:
     """Summed log-probability of each sequence's labelled tokens, and their count.
 
     `batch` is a TRL collator's: DPO's marks the replies with `completion_mask`, SFT's with
     `labels` (-100 elsewhere). Padding-free SFT batches pack several sequences into one row,
     each starting at position 0; they are split back apart. Only positions from the batch's first
     labelled token on go through the LM head (`logits_to_keep`): an HH prompt is most of a pair's
-    tokens, and the head is a fifth of SmolLM2's forward pass and most of Gemma's."""
+    tokens, and the head is a fifth of SmolLM2's forward pass and most of Gemma's. A DPO pair's two
+    rows run their shared prompt once where the model allows (`shared_prompt`; `share_prompts=False`
+    keeps the two-row path, the reference the shared one is tested against)."""
     import torch
 
+    if share_prompts and "completion_mask" in batch and (token_logps := completion_logps(model, batch)) is not None:
+        return token_logps.sum(1), batch["completion_mask"].sum(1).float()
     ids = batch["input_ids"]
     if "labels" in batch:
         labels = batch["labels"]
@@ -145,7 +150,7 @@ def takes_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
-LOGPS_VERSION = 1
+LOGPS_VERSION = 2  # 2: a DPO pair's prompt runs once for both replies (rounding differs by ~1e-6)
 """Part of every cached log-prob's key: bump it when `sequence_logps` changes the numbers it returns."""
 
 
@@ -175,13 +180,17 @@ def scoring_settings(trainer, model) -> dict:
 def dataloader_logps(trainer, model, dataloader) -> tuple[list[float], list[float]]:
     """Every sequence's (summed log-prob, labelled tokens) over an eval dataloader, gathered across
     processes in dataset order."""
+    import os
+
     import torch
+    from tqdm import tqdm
 
     sums, counts = [], []
     was_training = model.training
     model.eval()
+    quiet = os.environ.get("ALIGNSCOPE_QUIET") == "1" or not trainer.accelerator.is_main_process
     with torch.no_grad():
-        for batch in dataloader:
+        for batch in tqdm(dataloader, desc="held-out scoring", unit="batch", leave=False, disable=quiet or None):
             s, c = sequence_logps(model, batch)
             if "completion_mask" in batch:
                 # DPO rows are [chosen..., rejected...]: gather each half so the pairs stay aligned

@@ -40,12 +40,15 @@ from alignscope.io import (InputError, atomic_folder, atomic_write_json, atomic_
 from alignscope.models import (cache_dir, chat_template, choose_precision, load_causal_lm, load_tokenizer,
                                model_fingerprint, resolve_model)
 from alignscope.provenance import package_versions
+from alignscope.shared_prompt import shared_prompt_trainer
 from alignscope.trl_patches import compact_lm_head, resumable
 
 COMPLETE_MARKER = "alignscope-complete"
 DONE_FILE = "done.json"
-# How often to save and log, and how many threads: none of them changes the trained weights.
-CADENCE = ("save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "num_threads", "report_to")
+# How often to save and log, how many threads, whether DPO shares each prompt: none of them changes the
+# trained weights beyond float rounding (a thread count changes the order of sums too).
+CADENCE = ("save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "num_threads", "report_to",
+           "shared_prompt")
 
 
 @dataclass
@@ -82,6 +85,9 @@ class TrainingSettings:
     """SFT: flatten each batch into one unpadded sequence (block-diagonal attention)."""
     compact_lm_head: bool = True
     """Project through the LM head only the positions that carry a label (TRL does this on CUDA; we do it on CPU too)."""
+    shared_prompt: bool = True
+    """DPO: run each pair's prompt through the model once for both replies (policy and reference), where the
+    model's attention takes a custom mask and dropout is off; TRL's loss on the same numbers to float rounding."""
     gradient_checkpointing: bool = False
     save_steps: Annotated[int, Field(ge=1)] = 200
     save_total_limit: Annotated[int, Field(ge=1)] = 2
@@ -320,7 +326,11 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, dataset, ref_model=None, p
         kwargs["train_dataset"] = dataset.map(
             lambda r: {"length": len(text_of(r["prompt"])) + max(len(text_of(r["chosen"])),
                                                                  len(text_of(r["rejected"])))})
-    return resumable(DPOTrainer)(ref_model=ref_model, **kwargs)
+    trainer_class = resumable(DPOTrainer)
+    # with dropout on, the two replies would share one dropout draw over the prompt: another estimator
+    if cfg.training.shared_prompt and cfg.dpo.disable_dropout:
+        trainer_class = shared_prompt_trainer(trainer_class)
+    return trainer_class(ref_model=ref_model, **kwargs)
 
 
 @dataclass

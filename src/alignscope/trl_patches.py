@@ -38,7 +38,16 @@ def check_trl() -> None:
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    from trl.trainer.dpo_trainer import DPOTrainer
+
     problems = []
+    for name in ("compute_loss", "compute_ref_log_probs"):
+        if not callable(getattr(DPOTrainer, name, None)):
+            problems.append(f"DPOTrainer.{name} is gone (shared_prompt_trainer overrides it)")
+    if (not hasattr(trl_utils, "FusedCausalLMOutput")
+            or "shift_labels" not in inspect.signature(trl_utils.add_fused_lm_head).parameters
+            and "shift_labels" not in inspect.getsource(trl_utils.add_fused_lm_head)):
+        problems.append("TRL's fused LM head no longer takes shift_labels (shared_prompt scores packed rows with it)")
     if not callable(getattr(trl_utils, "_use_triton", None)):
         problems.append("trl.trainer.utils._use_triton is gone (compact_lm_head patches it)")
     for name in ("_get_train_sampler", "_set_signature_columns_if_needed"):
