@@ -152,7 +152,9 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
     first_plan = planned(out.stdout)
     assert list(first_plan) == list(stages)  # the plan names every stage, in the order they ran
     assert all(v.startswith("to run (no earlier run") for v in first_plan.values())
-    assert all(r["costs"]["user_s"] + r["costs"]["system_s"] > 0 for r in stages.values())
+    trained = [r["costs"] for name, r in stages.items() if name.startswith("train ")]
+    assert len(trained) == 3 and all(c["user_s"] > 0 and c["minor_faults"] > 0 for c in trained)
+    assert "| minor faults (M) |" in (out_dir / "timings.md").read_text()
 
     again = run(config, root / "study.yaml", root / "cache-a")  # everything is up to date
     assert again.stdout.count("up to date") == len(stages)
