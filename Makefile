@@ -27,7 +27,7 @@ $(BIN)/.installed: pyproject.toml | $(BIN)/python
 test: $(BIN)/.installed
 	$(BIN)/pytest -q
 
-# The offline study (~93 minutes on 2 CPU cores when last measured; see the README); rerun to resume.
+# The offline study (31 minutes on 2 CPU cores from an empty cache; docs/results/2026-12-04-demo-costs.md); rerun to resume.
 demo: $(BIN)/.installed
 	$(BIN)/alignscope study configs/offline-demo.yaml data=$(DATA) reference=$(REFERENCE)/responses \
 		output_dir=runs/offline-demo
