@@ -1,6 +1,7 @@
 """What a stage costs is recorded, and the allocator setting keeps freed memory."""
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -29,8 +30,11 @@ def test_each_stage_records_its_own_cpu_faults_and_peak_memory(tmp_path):
     size = 256 * 2**20
 
     def touch() -> None:
-        block = torch.ones(size // 4)  # 256 MB written once: one fault per page (torch asks for no huge pages)
-        del block
+        # 256 MB of fresh anonymous memory written once: one fault per page (malloc might reuse freed pages)
+        block = mmap.mmap(-1, size)
+        for offset in range(0, size, PAGE):
+            block[offset] = 1
+        block.close()
 
     log.run(Stage("touch", [], 1, [], touch))
     log.run(Stage("spin", [], 2, [], lambda: busy(0.5)))
