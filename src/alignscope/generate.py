@@ -27,8 +27,8 @@ from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.config import validated
 from alignscope.data import dialogue_messages
 from alignscope.io import InputError, atomic_write_json, check_name, sha256_text
-from alignscope.models import (chat_template, end_of_turn_ids, eos_token_ids, load_causal_lm, load_tokenizer,
-                               model_fingerprint, resolve_model)
+from alignscope.models import (cache_keyword, chat_template, end_of_turn_ids, eos_token_ids, load_causal_lm,
+                               load_tokenizer, model_fingerprint, resolve_model)
 
 STOP_EOS, STOP_STRING, STOP_LENGTH = "eos", "stop_string", "length"
 
@@ -165,6 +165,7 @@ def prefill(model, batches: list[list[int]], encoded: list[list[int]], pad: int)
 
     device = next(model.parameters()).device
     caches, first_logits = [], []
+    keyword = cache_keyword(model)
     for batch in batches:
         w = max(len(encoded[i]) for i in batch)
         ids = torch.full((len(batch), w), pad, dtype=torch.long)
@@ -175,7 +176,7 @@ def prefill(model, batches: list[list[int]], encoded: list[list[int]], pad: int)
         ids, mask = ids.to(device), mask.to(device)
         caches.append(DynamicCache(config=model.config))
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    past_key_values=caches[-1], use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **{keyword: caches[-1]})
         first_logits.append(out.logits[:, -1])
     return caches, first_logits
 
@@ -213,6 +214,7 @@ def decode(run: Decoding, rows: list[int], prefilled: list, first_logits: list) 
     mask = (torch.arange(width, device=device)[None, :] >= (width - lengths)[:, None]).long()
     positions = (lengths - 1)[:, None]
     logits = torch.cat(first_logits)
+    keyword = cache_keyword(model)
     generated: list[list[int]] = [[] for _ in rows]
     batch = list(range(len(rows)))  # the slot (index into `rows`) of each batch row
     decoding = [True] * len(rows)
@@ -242,7 +244,7 @@ def decode(run: Decoding, rows: list[int], prefilled: list, first_logits: list) 
         mask = torch.cat([mask, mask.new_ones((len(batch), 1))], dim=1)
         positions = positions + 1
         out = model(input_ids=torch.tensor(next_tokens, device=device)[:, None], attention_mask=mask,
-                    position_ids=positions, past_key_values=cache, use_cache=True)
+                    position_ids=positions, use_cache=True, **{keyword: cache})
         logits = out.logits[:, -1]
 
 

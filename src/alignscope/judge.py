@@ -24,7 +24,8 @@ import numpy as np
 
 from alignscope.data import first_human_turn
 from alignscope.io import InputError, read_json
-from alignscope.models import load_causal_lm, load_sequence_classifier, load_tokenizer, model_fingerprint, resolve_model
+from alignscope.models import (cache_keyword, load_causal_lm, load_sequence_classifier, load_tokenizer, model_fingerprint,
+                               resolve_model)
 
 OPENASSISTANT_JUDGE = "OpenAssistant/reward-model-deberta-v3-large-v2"
 # Its ratings of the reference study's 400 answers, beside a checkout: what every judge is validated against.
@@ -245,11 +246,12 @@ class BackboneFeatures:
             mask[j, width - len(head):] = 1
         ids, mask = ids.to(device), mask.to(device)
         # the body alone: the LM head runs on the positions that predict answer tokens only (answer_logprobs)
-        prefill = self.model.base_model(input_ids=ids, attention_mask=mask, past_key_values=DynamicCache(),
-                                        position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
-                                        output_hidden_states=True)
+        body = self.model.base_model
+        cache = DynamicCache()
+        prefill = body(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                       use_cache=True, output_hidden_states=True, **{cache_keyword(body): cache})
         head_states = torch.stack([s[:, -1] for s in prefill.hidden_states], 1)  # heads, layers + 1, hidden
-        kv = [(layer.keys, layer.values) for layer in prefill.past_key_values.layers]
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
         answered = []
         for j, rows in enumerate(rows_of):
             for i in rows:
@@ -287,8 +289,9 @@ class BackboneFeatures:
         mask = torch.cat([head_mask[heads], answer_mask], 1)
         positions = head_mask[heads].sum(-1, keepdim=True) + torch.arange(m, device=device)
         cache = DynamicCache(ddp_cache_data=[(k[heads], v[heads]) for k, v in kv])
-        result = self.model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                       past_key_values=cache, use_cache=True, output_hidden_states=True)
+        body = self.model.base_model
+        result = body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                      output_hidden_states=True, **{cache_keyword(body): cache})
         final = result.hidden_states[-1]
         # the answer's token t is predicted by its dialogue's last position (t = 0) or its own token t - 1
         predictors = torch.cat([torch.cat([head_final[j, None], final[r, :n - 1]])

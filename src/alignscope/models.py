@@ -420,3 +420,12 @@ def count_parameters(spec: str, revision: str | None = None, allow_pickle: bool 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return float(sum(p.numel() for p in model.parameters()))
+
+
+def cache_keyword(model) -> str:
+    """The name a model's forward takes its KV cache under: transformers 5.25 renamed
+    `past_key_values` to `cache` (the old name warns, and goes in 5.40); earlier 5.x
+    releases know only the old one."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
