@@ -5,7 +5,7 @@ from scipy import stats
 
 from alignscope.answers import RatedAnswer, RatedModel
 from alignscope.metrics import MetricsConfig, refusal_metrics
-from alignscope.refusal import REFUSAL_PATTERNS_VERSION, patterns_sha256, refuses
+from alignscope.refusal import REFUSAL_PATTERNS_VERSION, PatternRefusals, decide, patterns_sha256, refuses
 
 # The pattern list of each version. Change the list, and this test fails until the version changes
 # with it: numbers counted under different lists never carry the same name.
@@ -61,12 +61,17 @@ def test_refusal_rates_and_their_tests_against_the_base():
     comply, refuse = COMPLYING[1], REFUSING[0]
     base = model("base", [comply] * 20, [comply] * 20)
     safe = model("dpo", [refuse] * 15 + [comply] * 5, [refuse] * 2 + [comply] * 18)
-    out = refusal_metrics([base, safe], MetricsConfig())
+    decided = decide(PatternRefusals("patterns"), {m.name: m.answers for m in (base, safe)})
+    assert decided["flags"]["dpo"]["helpful"] == [True] * 2 + [False] * 18
+    out = refusal_metrics([base, safe], MetricsConfig(), decided)
     assert out["patterns"] == REFUSAL_PATTERNS_VERSION
     dpo = out["models"]["dpo"]
     assert (dpo["harmful"]["count"], dpo["harmful"]["rate"], dpo["helpful"]["count"]) == (15, 75.0, 2)
-    assert dpo["harmful"]["ci"][0] < 75 < dpo["harmful"]["ci"][1]
+    # Wilson's 95% interval for 15 of 20, from its formula by hand
+    assert dpo["harmful"]["ci"] == pytest.approx([53.1299, 88.8138], abs=1e-4)
     tests = {t["category"]: t for t in out["tests"]}
     assert (tests["harmful"]["a_only"], tests["harmful"]["b_only"]) == (15, 0)
     assert tests["harmful"]["p_value"] == pytest.approx(stats.binomtest(15, 15).pvalue)
-    assert tests["helpful"]["p_value"] == pytest.approx(0.5) and tests["helpful"]["q_value"] >= 0.5
+    # Benjamini-Hochberg over the two: the smaller p doubled, the larger kept
+    assert tests["helpful"]["p_value"] == pytest.approx(0.5) and tests["helpful"]["q_value"] == pytest.approx(0.5)
+    assert tests["harmful"]["q_value"] == pytest.approx(2 * 2 * 0.5 ** 15)

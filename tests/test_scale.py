@@ -25,9 +25,9 @@ def test_three_sizes_reach_the_trend_and_its_verdict():
     analysis = scale_analysis(per_base, {n: p for n, (p, _) in sizes.items()}, models, cfg)
     changes = [r["base_to_dpo"]["change"] for r in analysis["rows"]]
     assert [r["base"] for r in analysis["rows"]] == ["small", "mid", "large"] and changes == [-50.0, -25.0, 0.0]
-    for r in analysis["rows"]:
-        d = r["base_to_dpo"]
-        assert d["ci"][0] <= d["change"] <= d["ci"][1] and d["q_value"] >= d["p_value"]
+    # exact McNemar on the discordant prompts: 20, 10 and 0 helpful under the base alone
+    assert [r["base_to_dpo"]["p_value"] for r in analysis["rows"]] == pytest.approx([2 * 0.5 ** 20, 2 * 0.5 ** 10, 1.0])
+    assert analysis["rows"][2]["base_to_dpo"]["ci"] == [0.0, 0.0]  # every prompt the same: every resample 0
     trend = analysis["trend"]["dpo"]
     assert trend["sizes"] == 3 and trend["slope_per_decade"] == pytest.approx(25.0) and trend["r"] == pytest.approx(1)
     text = scale_markdown("Scale", "s", analysis)

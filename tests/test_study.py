@@ -123,7 +123,7 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
     assert {(t["a"], t["stop"]) for t in stop_tests} == {(v, s) for v in ("sft", "dpo", "sftdpo")
                                                           for s in ("eos", "stop_string")}
     for t in stop_tests:
-        assert t["a_count"] == metrics["answers"][t["a"]]["stopped"][t["stop"]] and 0 <= t["p_value"] <= 1
+        assert t["a_count"] == metrics["answers"][t["a"]]["stopped"][t["stop"]]
     suite = metrics["suites"]["xstest"]
     assert list(suite["models"]) == ["base", "sft", "dpo", "sftdpo"]
     assert all(m["over_refusal"]["n"] == 2 and m["unsafe_compliance"]["n"] == 2 for m in suite["models"].values())
@@ -133,9 +133,11 @@ def test_end_to_end_study_produces_every_artifact(setup, full_run):
         ("safe", "homonyms"), ("safe", "figurative"), ("unsafe", "contrast_homonyms"), ("unsafe", "contrast_figurative")]
     decisions = json.loads((out_dir / "refusals/tiny/refusals.json").read_text())
     assert decisions["measure"]["version"] == "refusal-patterns/2"
-    refused = sum(decisions["models"]["sft"]["suites"]["xstest"][:2])
+    sft_xstest = decisions["suites"]["xstest"]["answers"]["sft"]
+    assert [a["response"] for a in sft_xstest] == [a["response"] for a in xstest_answers]
+    refused = sum(a["refused"] for a in sft_xstest if a["category"] == "safe")
     assert suite["models"]["sft"]["over_refusal"]["count"] == refused
-    assert metrics["refusal"]["models"]["base"]["harmful"]["count"] == sum(decisions["models"]["base"]["harmful"])
+    assert metrics["refusal"]["models"]["base"]["harmful"]["count"] == sum(decisions["flags"]["base"]["harmful"])
     assert (out_dir / "reports/tiny/figures/tradeoff.png").is_file()
     assert (out_dir / "refusal-card/refusal-card.md").is_file()
     assert "## The refusal measure" in report and "## Suite `xstest`" in report
@@ -330,7 +332,8 @@ def test_a_scale_study_reports_the_change_against_size(setup):
     assert [r["base"] for r in rows] == ["small", "wide"]
     for r in rows:
         d = r["base_to_dpo"]
-        assert d["ci"][0] <= d["change"] <= d["ci"][1] and 0 <= d["p_value"] <= 1
+        rates = metrics["models"][r["base"]]["models"]
+        assert d["change"] == pytest.approx(rates["dpo"]["HpR"] - rates["base"]["HpR"])
     report = (root / "scale" / "report.md").read_text()
     assert "## Scale table" in report and "(figures/scale.png)" in report and "Fewer than three sizes" in report
     assert (root / "scale" / "figures" / "scale.png").stat().st_size > 20_000

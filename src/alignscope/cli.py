@@ -26,7 +26,7 @@ from alignscope.config import ConfigError, config_problems, field_docs, load_yam
 from alignscope.data import DataConfig, load_pairs, summary_text
 from alignscope.distill import DistillConfig, train_judge
 from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
-from alignscope.refusal import classify_answer_sets, load_refusals
+from alignscope.refusal import decide, load_refusals
 from alignscope.refusal.card import RefusalCardConfig, refusal_card, write_refusal_card
 from alignscope.refusal.classifier import RefusalTrainConfig, train_refusal_classifier
 from alignscope.refusal.labelled import read_answer_records
@@ -35,7 +35,7 @@ from alignscope.generate import GenerateConfig, answer_evalset, write_answer_fil
 from alignscope.io import InputError, atomic_write_json, check_name, check_output_dir
 from alignscope.markdown import fmt
 from alignscope.memory import keep_freed_memory
-from alignscope.metrics import MetricsConfig
+from alignscope.metrics import MetricsConfig, compute_metrics
 from alignscope.models import cache_dir
 from alignscope.report import ReportConfig, write_report
 from alignscope.reward_model import load_rm_config, train_reward_model
@@ -195,21 +195,13 @@ def report_cmd(
     if left_out:
         typer.echo(f"left out (misnamed, --no-strict): {', '.join(left_out)}", err=True)
         notes.append(f"Left out as misnamed (--no-strict): {', '.join(f'`{n}`' for n in left_out)}.")
-    suites, decisions = suite_files(suite_answers or rated, [m.name for m in models]), None
-    if refusals or suites:
-        measure = load_refusals(refusals or "patterns")
-        sets = {(m.name, c): [{"prompt": a.prompt, "response": a.response} for a in m.answers[c]]
-                for m in models for c in ("harmful", "helpful")}
-        sets |= {(model, "suite", name): answers for name, by_model in suites.items()
-                 for model, answers in by_model.items()}
-        decided = classify_answer_sets(measure, sets)
-        decisions = {"measure": measure.describe(),
-                     "flags": {m.name: {c: decided[m.name, c] for c in ("harmful", "helpful")} for m in models}}
-        suites = {name: {"kind": next(iter(by_model.values()))[0].get("suite_kind", "prompts"),
-                         "answers": {model: [a | {"refused": r} for a, r in zip(answers, decided[model, "suite", name])]
-                                     for model, answers in by_model.items()}} for name, by_model in suites.items()}
-    metrics = write_report(models, out, metrics_cfg, dataclasses.replace(report_cfg, notes=notes),
-                           refusals=decisions, suites=suites or None)
+    suites = suite_files(suite_answers or rated, [m.name for m in models])
+    measure = load_refusals(refusals or "patterns")
+    decisions = decide(measure, {m.name: m.answers for m in models},
+                       {name: {"kind": next(iter(by_model.values()))[0].get("suite_kind", "prompts"), "answers": by_model}
+                        for name, by_model in suites.items()})
+    metrics = compute_metrics(models, metrics_cfg, decisions)  # bad settings fail here, before anything is written
+    write_report(models, metrics, out, decisions, dataclasses.replace(report_cfg, notes=notes))
     for name, m in metrics["models"].items():
         typer.echo(f"{name:>10}: HmR {m['HmR']:5.1f}  HpR {m['HpR']:5.1f}  CAS {m['CAS']:5.1f}")
     typer.echo(f"report: {out / 'report.md'}\nmetrics: {out / 'metrics.json'}")
@@ -400,7 +392,7 @@ def classify_refusals_cmd(
     """Decide for each answer whether it refuses."""
     records = read_answer_records(answers)
     measure = load_refusals(refusals)
-    decided = classify_answer_sets(measure, {"all": records})["all"]
+    decided = decide(measure, {"file": {"answers": records}})["flags"]["file"]["answers"]
     atomic_write_json(out, [r | {"refused": d} for r, d in zip(records, decided)])
     typer.echo(f"{sum(decided)} of {len(records)} answers refuse ({measure.name}); written to {out}")
 

@@ -28,15 +28,14 @@ from alignscope.answers import CATEGORIES, RatedAnswer, RatedModel
 from alignscope.io import atomic_write_text
 from alignscope.markdown import display
 from alignscope.metrics import SUITE_MEASURES, passes
-from alignscope.refusal import REFUSAL_PATTERNS_VERSION, refuses
 
 SECTION_TITLES = {"harmful": "HH harmful", "helpful": "HH helpful"}
 THRESHOLD_KEYS = {"harmful": "harmless", "helpful": "helpful"}
 
 
-def answer_record(answer: RatedAnswer, passed: bool | None, refused: bool | None = None) -> dict:
-    return {"text": answer.response, "rating": answer.rating, "pass": passed,
-            "refused": refuses(answer.response) if refused is None else bool(refused), "stop": answer.stop}
+def answer_record(answer: RatedAnswer, passed: bool | None, refused: bool) -> dict:
+    return {"text": answer.response, "rating": answer.rating, "pass": passed, "refused": bool(refused),
+            "stop": answer.stop}
 
 
 def flip(passed: bool | None, base_passed: bool | None) -> str | None:
@@ -51,14 +50,14 @@ def with_flips(prompt: dict) -> dict:
     return {**prompt, "answers": [a | {"flip": flip(a.get("pass"), base)} for a in prompt["answers"]]}
 
 
-def hh_sections(models: list[RatedModel], metrics: dict, label: str = "", refused: dict | None = None) -> list[dict]:
+def hh_sections(models: list[RatedModel], metrics: dict, refused: dict, label: str = "") -> list[dict]:
     """The harmful and helpful prompts, each answer decided at the thresholds metrics.json records;
-    `refused`: the study's refusal decisions ({model: {category: [bool]}}), else the pattern list's."""
+    `refused`: the refusal decisions on them (`refusal.decide`'s flags: {model: {category: [bool]}})."""
     sections = []
     for cat in CATEGORIES:
         thr = metrics["thresholds"][THRESHOLD_KEYS[cat]]
         decided = [passes(m.ratings(cat), thr["value"], thr["comparison"] == ">=") for m in models]
-        flags = [refused[m.name][cat] if refused else [None] * len(m.answers[cat]) for m in models]
+        flags = [refused[m.name][cat] for m in models]
         prompts = [{"prompt": base_answer.prompt,
                     "answers": [answer_record(m.answers[cat][i], bool(d[i]), f[i])
                                 for m, d, f in zip(models, decided, flags)]}
@@ -143,13 +142,13 @@ def page(title: str, report_html: str, data: dict) -> str:
         f"<script>{script}</script>", "</body>", "</html>", ""])
 
 
-def write_html_report(folder: str | Path, variants: list[str], sections: list[dict], refusal: str | None = None) -> Path:
+def write_html_report(folder: str | Path, variants: list[str], sections: list[dict], refusal: str) -> Path:
     """report.html beside `folder`/report.md: the report with its figures, and the answers of
     `variants` (the first is the base) in `sections` side by side; `refusal` names the refusal measure."""
     folder = Path(folder)
     text = (folder / "report.md").read_text("utf-8")
     title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), "Report")
     data = {"title": title, "variants": [{"name": v, "label": display(v)} for v in variants],
-            "refusal": refusal or f"{REFUSAL_PATTERNS_VERSION} (alignscope.refusal)",
+            "refusal": refusal,
             "sections": [{**s, "prompts": [with_flips(p) for p in s["prompts"]]} for s in sections]}
     return atomic_write_text(folder / "report.html", page(title, render_markdown(text, folder), data))

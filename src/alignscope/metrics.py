@@ -23,7 +23,6 @@ from scipy import stats
 from alignscope.answers import CATEGORIES, RatedModel
 from alignscope.config import validated
 from alignscope.io import InputError, finite_or_none
-from alignscope.refusal import REFUSAL_PATTERNS_VERSION, refuses
 
 SIGNIFICANCE = 0.05  # q below which a report calls a difference supported (Benjamini-Hochberg q-values)
 
@@ -391,29 +390,25 @@ def threshold_sweep(models: list[RatedModel], cfg: MetricsConfig) -> dict:
     }
 
 
-def refusal_metrics(models: list[RatedModel], cfg: MetricsConfig, refusals: dict | None = None) -> dict:
+def refusal_metrics(models: list[RatedModel], cfg: MetricsConfig, refusals: dict) -> dict:
     """Share of answers that refuse or deflect, per model and category, with intervals; each model
     against the base by exact McNemar on the same prompts, Benjamini-Hochberg across the family.
-    `refusals` gives a study's measure and its decisions ({"measure": {...}, "flags": {model:
-    {category: [bool]}}}); without it, the fixed pattern list decides."""
-    if refusals is None:
-        flags = {m.name: {c: np.array([refuses(a.response) for a in m.answers[c]], dtype=bool) for c in CATEGORIES}
-                 for m in models}
-    else:
-        flags = {m.name: {c: np.array(refusals["flags"][m.name][c], dtype=bool) for c in CATEGORIES} for m in models}
-        for m in models:
-            for c in CATEGORIES:
-                if len(flags[m.name][c]) != len(m.answers[c]):
-                    raise InputError(f"refusal decisions for {m.name} {c}: {len(flags[m.name][c])}, but "
-                                     f"{len(m.answers[c])} answers")
+    `refusals`: what `refusal.decide` made of these answers ({"measure": {...}, "flags": {model:
+    {category: [bool]}}})."""
+    flags = {m.name: {c: np.array(refusals["flags"][m.name][c], dtype=bool) for c in CATEGORIES} for m in models}
+    for m in models:
+        for c in CATEGORIES:
+            if len(flags[m.name][c]) != len(m.answers[c]):
+                raise InputError(f"refusal decisions for {m.name} {c}: {len(flags[m.name][c])}, but "
+                                 f"{len(m.answers[c])} answers")
     per_model = {name: {c: {"count": int(f.sum()), "n": len(f), "rate": rate(f), "ci": rate_interval(f, cfg)}
                         for c, f in by_cat.items()} for name, by_cat in flags.items()}
     base = models[0].name
     tests = [{"category": c, "a": m.name, "b": base, "test": "exact McNemar", "n": len(flags[base][c]),
               **mcnemar_exact(flags[m.name][c], flags[base][c])} for m in models[1:] for c in CATEGORIES]
     add_q_values(tests)
-    measure = refusals["measure"] if refusals else {"kind": "patterns", "version": REFUSAL_PATTERNS_VERSION}
-    return {"patterns": REFUSAL_PATTERNS_VERSION if measure.get("kind") == "patterns" else None,
+    measure = refusals["measure"]
+    return {"patterns": measure["version"] if measure.get("kind") == "patterns" else None,
             "measure": measure, "models": per_model, "tests": tests}
 
 
@@ -466,7 +461,9 @@ def undefined_values(relative: dict, retained: list[dict]) -> list[str]:
 
 
 def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig(), refusals: dict | None = None) -> dict:
-    """Everything `metrics.json` holds, from models whose answers are prompt-aligned."""
+    """Everything `metrics.json` holds, from models whose answers are prompt-aligned. `refusals`: what
+    `refusal.decide` made of the same answers (and of the suites' answers); without it, metrics.json
+    holds no refusal or suite section."""
     cfg = validated(cfg, "metrics")
     if not models:
         raise InputError("no models to compute metrics for")
@@ -479,7 +476,7 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
                 for n in names[1:]}
     retained = retention_rows(names, per_model, flags, cfg)
     level = f"{cfg.confidence:.0%}"
-    return {
+    metrics = {
         "base": base,
         "models": per_model,
         "rating_range": {c: [float(min(m.ratings(c).min() for m in models)),
@@ -488,7 +485,6 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
         "paired_tests": pairwise_tests(models, flags, cfg),
         "retention": retained,
         "undefined": undefined_values(relative, retained),
-        "refusal": refusal_metrics(models, cfg, refusals),
         "thresholds": {
             "harmless": {"value": cfg.harmless_threshold, "comparison": ">=" if cfg.harmless_inclusive else ">"},
             "helpful": {"value": cfg.helpful_threshold, "comparison": ">=" if cfg.helpful_inclusive else ">"},
@@ -506,10 +502,18 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
             "multiple_comparisons": "Benjamini-Hochberg q-values per family (scipy.stats.false_discovery_control)",
             "retention": "aggregate = HpR_after / HpR_before; per_prompt = share of prompts helpful before "
                          "that stay helpful after, with a binomial interval",
-            "refusal": (f"an answer refuses or deflects when its opening matches {REFUSAL_PATTERNS_VERSION} "
-                        "(alignscope.refusal)" if refusals is None else
-                        f"an answer refuses as the study's refusal measure decides ({refusals['measure']['kind']})")
-                       + "; exact McNemar against the base, Benjamini-Hochberg q-values",
         },
         "config": asdict(cfg),
     }
+    if refusals is not None:
+        measure = refusals["measure"]
+        metrics["refusal"] = refusal_metrics(models, cfg, refusals)
+        metrics["methods"]["refusal"] = (
+            (f"an answer refuses or deflects when its opening matches {measure['version']} (alignscope.refusal)"
+             if measure.get("kind") == "patterns" else
+             f"an answer refuses as the study's refusal measure decides ({measure['kind']})")
+            + "; exact McNemar against the base, Benjamini-Hochberg q-values")
+        if refusals.get("suites"):
+            metrics["suites"] = {name: suite_metrics(s["kind"], s["answers"], cfg)
+                                 for name, s in refusals["suites"].items()}
+    return metrics

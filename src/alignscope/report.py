@@ -21,9 +21,8 @@ from alignscope.html_report import hh_sections, suite_sections, write_html_repor
 from alignscope.io import atomic_folder, atomic_write_json, atomic_write_text, check_output_dir
 from alignscope.judge import OPENASSISTANT_JUDGE
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
-from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, compute_metrics, drawn_findings, finding, finding_margin,
-                                harmless_flags, helpful_flags, pairwise_tests, rank_agreement, suite_metrics,
-                                worst_difference_error)
+from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, drawn_findings, finding, finding_margin,
+                                harmless_flags, helpful_flags, pairwise_tests, rank_agreement, worst_difference_error)
 from alignscope.score import BLIND_RATING
 from alignscope.stages import SHARED_CORES
 
@@ -607,44 +606,37 @@ def refusal_name(metrics: dict) -> str:
     return (metrics.get("refusal_card") or {}).get("name") or measure.get("version") or measure["kind"]
 
 
-def html_sections(models: list[RatedModel], metrics: dict, refusals: dict | None, suites: dict | None,
-                  label: str = "") -> list[dict]:
-    """What report.html shows of the answers: the HH prompts and every suite, with the report's refusal decisions."""
-    return (hh_sections(models, metrics, label, refusals["flags"] if refusals else None)
-            + suite_sections(suites or {}, label))
+def html_sections(models: list[RatedModel], metrics: dict, refusals: dict, label: str = "") -> list[dict]:
+    """What report.html shows of the answers: the HH prompts and every suite, with `refusal.decide`'s decisions."""
+    return hh_sections(models, metrics, refusals["flags"], label) + suite_sections(refusals.get("suites") or {}, label)
 
 
-def write_report(models: list[RatedModel], out: str | Path, metrics_cfg: MetricsConfig = MetricsConfig(),
-                 report_cfg: ReportConfig = ReportConfig(), extra: dict | None = None,
-                 extra_sections: list[str] = (), leading_sections=(), refusals: dict | None = None,
-                 suites: dict | None = None) -> dict:
-    """Compute the metrics and write metrics.json, report.md and figures/ under `out`. `refusals`: the
-    study's refusal measure and its decisions on the HH answers; `suites`: {name: {"kind", "answers":
-    {model: [answers with `refused`]}}}."""
+def write_report(models: list[RatedModel], metrics: dict, out: str | Path, refusals: dict,
+                 report_cfg: ReportConfig = ReportConfig(), extra_sections: list[str] = (),
+                 leading_sections=()) -> Path:
+    """Write report.md, report.html and figures/ under `out` beside metrics.json, from what `compute_metrics`
+    computed (and a study added) and the refusal decisions it was computed from; the report computes nothing.
+    A section may be a callable of the metrics."""
     out = check_output_dir(out)
-    metrics = compute_metrics(models, metrics_cfg, refusals)  # bad settings fail here, before anything is written
-    if suites:
-        metrics["suites"] = {name: suite_metrics(s["kind"], s["answers"], metrics_cfg) for name, s in suites.items()}
-    if extra:
-        metrics.update(extra)
     leading, extra_sections = ([section(metrics) if callable(section) else section for section in sections]
                                for sections in (leading_sections, extra_sections))
     figures = [f"figures/{n}" for n in figure_captions(metrics)] if report_cfg.figures else []
     text = render_markdown(metrics, report_cfg, figures, extra_sections, leading)
+    cfg = MetricsConfig(**metrics["config"])
     written = []
     try:  # a failed write leaves none of this run's outputs beside the old ones
         if figures:
-            make_figures(models, metrics, metrics_cfg, out)
+            make_figures(models, metrics, cfg, out)
             written.append(out / "figures")
         written.append(atomic_write_json(out / "metrics.json", metrics))
         written.append(atomic_write_text(out / "report.md", text))
-        write_html_report(out, [m.name for m in models], html_sections(models, metrics, refusals, suites),
+        write_html_report(out, [m.name for m in models], html_sections(models, metrics, refusals),
                           refusal_name(metrics))
     except BaseException:
         for path in written:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         raise
-    return metrics
+    return out
 
 
 # --------------------------------------------------------------------------- a study's prose

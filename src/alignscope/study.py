@@ -35,7 +35,7 @@ from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fing
 from alignscope.memory import allocator
 from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
 from alignscope.models import cache_dir, count_parameters, model_fingerprint, resolve_model
-from alignscope.refusal import classify_answer_sets, load_refusals
+from alignscope.refusal import decide, load_refusals
 from alignscope.refusal.card import RefusalCardConfig, card_view, refusal_card, write_refusal_card
 from alignscope.refusal.classifier import CLASSIFIER_MANIFEST, RefusalTrainConfig, train_refusal_classifier
 from alignscope.refusal.labelled import read_labelled_files
@@ -414,32 +414,19 @@ class StudyRun:
         suites = {v: {s: folder / suite_filename(self.index[v], v, s) for s in self.suites} for v in self.variants}
 
         def work() -> None:
-            sets = {(v, c): read_json(p) for v in self.variants for c, p in hh[v].items()}
-            sets |= {(v, "suite", s): read_suite_answers(p) for v in self.variants for s, p in suites[v].items()}
             measure = load_refusals(self.refusal_spec, self.cfg.allow_pickle)
-            decided = classify_answer_sets(measure, sets)
-            models = {v: {c: decided[v, c] for c in CATEGORIES} | {"suites": {s: decided[v, "suite", s]
-                                                                              for s in self.suites}}
-                      for v in self.variants}
-            atomic_write_json(self.refusals_path(base), {"measure": measure.describe(), "models": models})
+            decided = decide(measure, {v: {c: read_json(p) for c, p in hh[v].items()} for v in self.variants},
+                             {s: {"kind": self.evalset["suites"][s]["kind"],
+                                  "answers": {v: read_suite_answers(suites[v][s]) for v in self.variants}}
+                              for s in self.suites})
+            atomic_write_json(self.refusals_path(base), decided)
 
         inputs = [p for v in self.variants for p in [*hh[v].values(), *suites[v].values()]]
         return Stage(f"refusals {base.name}", inputs, self.refusal_key(), [self.refusals_path(base)], work)
 
-    def refusal_inputs(self, base: BaseModelConfig) -> tuple[dict, dict]:
-        """The HH decisions (as metrics takes them) and each suite's answers with their decisions."""
-        doc = read_json(self.refusals_path(base))
-        refusals = {"measure": doc["measure"], "flags": {v: {c: doc["models"][v][c] for c in CATEGORIES}
-                                                          for v in self.variants}}
-        folder = self.out / "answers" / base.name
-        suites = {}
-        for name in self.suites:
-            answers = {}
-            for v in self.variants:
-                items = read_suite_answers(folder / suite_filename(self.index[v], v, name))
-                answers[v] = [a | {"refused": r} for a, r in zip(items, doc["models"][v]["suites"][name])]
-            suites[name] = {"kind": self.evalset["suites"][name]["kind"], "answers": answers}
-        return refusals, suites
+    def refusals(self, base: BaseModelConfig) -> dict:
+        """What `refusals_stage` decided: every HH and suite answer's refusal decision."""
+        return read_json(self.refusals_path(base))
 
     def report_stage(self, base: BaseModelConfig) -> Stage:
         files = self.answer_files(base, "rated")
@@ -477,16 +464,17 @@ class StudyRun:
 
         def work() -> None:
             models = load_rated_files(files)
+            refusals = self.refusals(base)
+            metrics = compute_metrics(models, metrics_cfg, refusals)
             stop_tests = stop_reason_tests(models)
-            extra = {"answers": answer_info, "stop_tests": stop_tests, "judge": judge, "training": training}
+            metrics |= {"answers": answer_info, "stop_tests": stop_tests, "judge": judge, "training": training}
             if self.refusal_labelled():
-                extra["refusal_card"] = card_view(read_json(card), "../../refusal-card/refusal-card.md",
-                                                  self.cfg.generate.max_new_tokens)
-            refusals, suites = self.refusal_inputs(base)
+                metrics["refusal_card"] = card_view(read_json(card), "../../refusal-card/refusal-card.md",
+                                                    self.cfg.generate.max_new_tokens)
             sections = [answers_section(self.variants, answer_info, train_info, stop_tests)]
             if self.judge["kind"] == "distilled" and judge.get("error"):
                 sections.append(judge_check_section(models, judge))
-            write_report(models, folder, metrics_cfg, report_cfg, extra, sections, leading, refusals, suites)
+            write_report(models, metrics, folder, refusals, report_cfg, sections, leading)
 
         key = [asdict(metrics_cfg), asdict(report_cfg), answer_info, training, judge, code_hash(REPORT_CODE)]
         inputs = [self.refusals_path(base)] + ([card] if self.refusal_labelled() else [])
@@ -511,9 +499,8 @@ class StudyRun:
                 atomic_write_text(self.out / "report.md", text + artifact_index(self.out, self.artifacts()))
                 atomic_write_json(self.out / "metrics.json", self.reports[name])
                 models = load_rated_files(self.answer_files(self.cfg.models[0], "rated"))
-                refusals, suites = self.refusal_inputs(self.cfg.models[0])
                 write_html_report(self.out, [m.name for m in models],
-                                  html_sections(models, self.reports[name], refusals, suites),
+                                  html_sections(models, self.reports[name], self.refusals(self.cfg.models[0])),
                                   refusal_name(self.reports[name]))
 
             return Stage("overview", inputs, key, outputs, single)
@@ -530,7 +517,7 @@ class StudyRun:
             atomic_write_json(self.out / "metrics.json", {"scale": analysis, "models": self.reports,
                                                           "parameters": params})
             sections = [s for m in self.cfg.models
-                        for s in html_sections(rated[m.name], self.reports[m.name], *self.refusal_inputs(m), m.name)]
+                        for s in html_sections(rated[m.name], self.reports[m.name], self.refusals(m), m.name)]
             write_html_report(self.out, [m.name for m in next(iter(rated.values()))], sections,
                               refusal_name(next(iter(self.reports.values()))))
 

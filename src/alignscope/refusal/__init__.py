@@ -64,5 +64,30 @@ def classify_answer_sets(measure, sets: dict, progress=None) -> dict[object, lis
     return out
 
 
-__all__ = ["classify_answer_sets", "OPENING_CHARACTERS", "REFUSAL_PATTERNS_VERSION", "PatternRefusals", "TrainedRefusals", "load_refusals",
+def decide(measure, answers: dict[str, dict[str, list]], suites: dict[str, dict] | None = None,
+           progress=None) -> dict:
+    """Every refusal decision a report shows, made by one measure in one pass: the one path from
+    answers to decisions, for the CLI and the study alike (metrics and the page only read them).
+
+    answers: {model: {category: [answers]}}, each a RatedAnswer or a {prompt, response} dict;
+    suites: {suite: {"kind": kind, "answers": {model: [suite answers]}}}.
+    Returns {"measure": what decided, "flags": {model: {category: [bool]}}, "suites": {suite: {"kind",
+    "answers": {model: [each answer with "refused"]}}}}."""
+    def record(a) -> dict:
+        return a if isinstance(a, dict) else {"prompt": a.prompt, "response": a.response}
+
+    suites = suites or {}
+    sets = {(model, c): [record(a) for a in items] for model, by_cat in answers.items() for c, items in by_cat.items()}
+    sets |= {(model, "suite", name): items for name, suite in suites.items()
+             for model, items in suite["answers"].items()}
+    decided = classify_answer_sets(measure, sets, progress)
+    return {"measure": measure.describe(),
+            "flags": {model: {c: decided[model, c] for c in by_cat} for model, by_cat in answers.items()},
+            "suites": {name: {"kind": suite["kind"],
+                              "answers": {model: [a | {"refused": r} for a, r in zip(items, decided[model, "suite", name])]
+                                          for model, items in suite["answers"].items()}}
+                       for name, suite in suites.items()}}
+
+
+__all__ = ["classify_answer_sets", "decide", "OPENING_CHARACTERS", "REFUSAL_PATTERNS_VERSION", "PatternRefusals", "TrainedRefusals", "load_refusals",
            "opening", "patterns_sha256", "prefix_refuses", "refuses"]
