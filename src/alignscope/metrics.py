@@ -507,7 +507,9 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
     }
     if refusals is not None:
         measure = refusals["measure"]
-        metrics["refusal"] = refusal_metrics(models, cfg, refusals)
+        refusal = refusal_metrics(models, cfg, refusals)  # placed after "undefined", as metrics.json has had it
+        metrics = {k: v for key, value in metrics.items()
+                   for k, v in ([(key, value), ("refusal", refusal)] if key == "undefined" else [(key, value)])}
         metrics["methods"]["refusal"] = (
             (f"an answer refuses or deflects when its opening matches {measure['version']} (alignscope.refusal)"
              if measure.get("kind") == "patterns" else

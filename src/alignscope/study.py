@@ -60,6 +60,10 @@ REPORT_CODE = ("agreement.py", "answers.py", "markdown.py", "metrics.py", "repor
                "html_report.py", "html/browser.js", "html/page.css", "refusal/card.py")
 
 
+# refusals.json as refusal.decide returns it (1: per variant, flags only)
+REFUSALS_LAYOUT = 2
+
+
 def code_hash(files: tuple[str, ...]) -> list[str]:
     return [sha256_file(Path(__file__).parent / f) for f in files]
 
@@ -422,7 +426,9 @@ class StudyRun:
             atomic_write_json(self.refusals_path(base), decided)
 
         inputs = [p for v in self.variants for p in [*hh[v].values(), *suites[v].values()]]
-        return Stage(f"refusals {base.name}", inputs, self.refusal_key(), [self.refusals_path(base)], work)
+        # the file's layout is part of the key: one written by an older alignscope is made again, not misread
+        return Stage(f"refusals {base.name}", inputs, self.refusal_key() + [REFUSALS_LAYOUT], [self.refusals_path(base)],
+                     work)
 
     def refusals(self, base: BaseModelConfig) -> dict:
         """What `refusals_stage` decided: every HH and suite answer's refusal decision."""
