@@ -115,8 +115,8 @@ def generate(reps: int) -> None:
 
 def judge(reps: int) -> None:
     from alignscope.answers import load_rated_dir
-    from alignscope.distill import rows_of
-    from alignscope.judge import BackboneFeatures
+    from alignscope.judges.train_judge import rows_of
+    from alignscope.judges import BackboneFeatures
 
     rows = rows_of(load_rated_dir(REFERENCE))
     pick = list(range(0, len(rows.answers), max(1, len(rows.answers) // 24)))[:24]

@@ -8,7 +8,7 @@ Theirs (the study's eval notebook): one prompt at a time through `model.generate
 (greedy, 50 new tokens), the answer sliced out of the decoded prompt+answer by the
 prompt's string length, then one (prompt, answer) pair at a time through the
 reward model. Ours: `alignscope.generate.generate_answers` and
-`alignscope.judge.rate_encoded`, batched. Both score the same encoding of a pair
+`alignscope.judges.rate_encoded`, batched. Both score the same encoding of a pair
 (the question cut from its start at 512 tokens); the difference measured is the
 batching. The slow baseline runs on a length-stratified sample of the prompts
 (`--baseline-sample`, 0 for all); ours always answers all of them.
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from alignscope.generate import GenerateConfig, generate_answers  # noqa: E402
-from alignscope.judge import encode_pair, rate_encoded  # noqa: E402
+from alignscope.judges import encode_pair, rate_encoded  # noqa: E402
 from alignscope.models import load_causal_lm, load_tokenizer, resolve_model  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))

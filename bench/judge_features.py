@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from alignscope.answers import load_rated_dir  # noqa: E402
-from alignscope.distill import DEFAULT_ALPHAS, fit_heads, predict, rows_of  # noqa: E402
-from alignscope.judge import FEATURE_SETS, BackboneFeatures, feature_set  # noqa: E402
+from alignscope.judges.train_judge import DEFAULT_ALPHAS, fit_heads, predict, rows_of  # noqa: E402
+from alignscope.judges import FEATURE_SETS, BackboneFeatures, feature_set  # noqa: E402
 
 
 def usage() -> tuple[float, float, int]:

@@ -2,15 +2,15 @@
 
 Usage: python scripts/check_judge_record.py JUDGE_FOLDER [JUDGE_FOLDER ...]
 Each folder is a judge written by `alignscope train-judge`; its validation, rendered as the README
-renders it (alignscope.agreement.record_tables), must appear in README.md word for word.
+renders it (alignscope.judges.card.record_tables), must appear in README.md word for word.
 """
 
 import sys
 from pathlib import Path
 
-from alignscope.agreement import record_tables
+from alignscope.judges.card import record_tables
 from alignscope.io import read_json
-from alignscope.judge import DISTILLED_MANIFEST
+from alignscope.judges import DISTILLED_MANIFEST
 
 readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 stale = []

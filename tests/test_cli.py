@@ -125,3 +125,37 @@ def test_outputs_get_the_permissions_of_a_plain_open(monkeypatch, capsys, tmp_pa
         os.umask(old)
     for name in ("metrics.json", "report.md"):
         assert stat.S_IMODE((tmp_path / "r" / name).stat().st_mode) == 0o644, name
+
+
+def test_data_maps_columns_given_on_the_command_line(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"question": f"Q{i}", "better": "yes", "worse": "no"}) + "\n" for i in range(3)))
+    code, out, _ = alignscope(monkeypatch, capsys, "data", "--data", path, "--columns",
+                              "{prompt: question, chosen: better, rejected: worse}")
+    assert code == 0 and f"pairs.jsonl (preference): 3 pairs from {path}" in out
+    code, _, err = alignscope(monkeypatch, capsys, "data", "--data", path, "--columns", "prompt=question")
+    assert code == 2 and "--columns: expected a mapping such as '{prompt: question, chosen: better}'" in err
+
+
+def test_several_files_follow_one_option_as_the_readme_writes_them(monkeypatch, capsys, tmp_path):
+    files = []
+    for k in range(2):
+        files.append(tmp_path / f"model{k}.json")
+        files[-1].write_text(json.dumps([{"prompt": "Q", "response": "I'm sorry, I can't help with that.", "refused": True},
+                                         {"prompt": "Q", "response": "Sure: here is how.", "refused": k == 1}]))
+    code, _, err = alignscope(monkeypatch, capsys, "refusal-card", "--refusals", "patterns", "--labelled", *files,
+                              "--out", tmp_path / "card", "--bootstrap-resamples", 100)
+    assert code == 0, err
+    card = json.loads((tmp_path / "card" / "refusal-card.json").read_text())
+    assert [f["model"] for f in card["files"]] == ["model0", "model1"]
+    assert [f["measure"]["whole"]["accuracy"] for f in card["files"]] == [1.0, 0.5]
+
+
+def test_a_bad_data_row_is_refused_before_the_model_loads_and_leaves_nothing(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "Q"}]}) + "\n")
+    out = tmp_path / "run"
+    code, _, err = alignscope(monkeypatch, capsys, "train", "sft", "configs/recipes/sft.yaml", "model=smollm2-135m-instruct",
+                              f"data.source={path}", f"output_dir={out}")
+    assert code == 2 and "m.jsonl, line 1: the messages conversation does not end with the assistant" in err
+    assert not out.exists()

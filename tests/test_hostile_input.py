@@ -137,7 +137,7 @@ def test_a_symlinked_folder_is_replaced_where_it_points_and_stays_a_link(tmp_pat
 
 
 def test_train_judge_on_two_models_is_refused_before_any_feature(tmp_path, rated):
-    from alignscope.distill import DistillConfig, train_judge
+    from alignscope.judges.train_judge import DistillConfig, train_judge
 
     for f in rated.glob("[34]_*"):
         f.unlink()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from alignscope.answers import RatedAnswer, RatedModel
-from alignscope.html_report import hh_sections, write_html_report
+from alignscope.report.page import hh_sections, write_html_report
 from alignscope.metrics import compute_metrics
 from alignscope.refusal import PatternRefusals, decide
 from alignscope.report import ReportConfig, write_report

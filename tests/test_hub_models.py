@@ -13,7 +13,7 @@ import torch
 
 from alignscope.data import DataConfig
 from alignscope.generate import GenerateConfig, generate_answers
-from alignscope.judge import RewardModel, encode_pair
+from alignscope.judges import RewardModel, encode_pair
 from alignscope.models import load_causal_lm, load_tokenizer
 from alignscope.train import DPOSettings, LoraSettings, TrainConfig, TrainingSettings, train
 from conftest import ROOT, write_hh
@@ -122,7 +122,7 @@ def test_the_hub_path_offline_loads_the_pinned_safetensors_revisions(opt, rm, tm
     hub_cache(tmp_path / "hf", OA_REPO, OA_SHA, rm, ref=OA_REF, main=False)
     code = f"""
 import json
-from alignscope.judge import RewardModel
+from alignscope.judges import RewardModel
 from alignscope.models import load_causal_lm, load_tokenizer, model_fingerprint
 model, resolved = load_causal_lm({OPT_REPO!r})
 tok = load_tokenizer(resolved)

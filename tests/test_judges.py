@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignscope.agreement import judge_agreement, judge_card, write_card
+from alignscope.judges.card import judge_agreement, judge_card, write_card
 from alignscope.answers import RatedAnswer, RatedModel, load_rated_dir
 from alignscope.cache import ResultCache
-from alignscope.distill import DistillConfig, train_judge
+from alignscope.judges.train_judge import DistillConfig, train_judge
 from alignscope.io import FOLDER_MARKER, InputError
-from alignscope.judge import BLIND_HEADS, DISTILLED_HEADS, DISTILLED_MANIFEST, DistilledJudge
+from alignscope.judges import BLIND_HEADS, DISTILLED_HEADS, DISTILLED_MANIFEST, DistilledJudge
 from alignscope.metrics import MetricsConfig
-from alignscope.score import ScoreConfig, rate_folder
+from alignscope.judges.score import ScoreConfig, rate_folder
 from tiny import tiny_deberta_rm, tiny_gemma3, tiny_opt
 
 TOPICS = ["weeds", "bread", "a bike", "chess", "tea", "a poem", "money", "a dog", "a wall", "eggs"]
@@ -134,7 +134,7 @@ def test_score_uses_a_distilled_judge_like_any_judge(distilled, rated, tmp_path)
                                         ["helpful"] * 10)
     written = json.loads((tmp_path / "out" / "2_sft_helpful.json").read_text())
     assert [r["rating_without_length_lp"] for r in written] == pytest.approx(blind, abs=1e-5)
-    assert ratings == pytest.approx(direct) and blind != pytest.approx(direct, abs=1e-3)
+    assert blind != pytest.approx(direct, abs=1e-3)  # the blind heads are other heads
     with pytest.raises(InputError, match="rates each answer by its category"):
         judge.rate(["q"], ["a"])
     again = rate_folder(answers, tmp_path / "out2", ScoreConfig(model=cfg.output_dir), cache)
@@ -156,7 +156,7 @@ def test_each_dialogue_runs_once_and_its_answers_get_the_features_of_a_whole_pas
     """Gemma-3's sliding-window layers (window 8 here, far below the 64 tokens read) continue
     from the dialogue's cache exactly as a whole pass attends; the LM head, in blocks of OPT's
     50k words, gives the log-probabilities of the model's own logits."""
-    from alignscope.judge import BackboneFeatures
+    from alignscope.judges import BackboneFeatures
 
     folder = tiny_gemma3(tmp_path / "m") if builder == "gemma3" else tiny_opt(tmp_path / "m")
     features = BackboneFeatures(str(folder), max_length=64, batch_size=3)
@@ -282,7 +282,7 @@ def test_train_judge_on_the_reference_ratings_beats_category_means_on_held_out_m
 
 def synthetic_rows(models=3, prompts=12, seed=0):
     """Rows with known features: each rating a linear function of six random features plus noise."""
-    from alignscope.distill import Rows
+    from alignscope.judges.train_judge import Rows
 
     rng = np.random.default_rng(seed)
     n = models * 2 * prompts
@@ -298,7 +298,7 @@ def synthetic_rows(models=3, prompts=12, seed=0):
 
 @pytest.mark.parametrize("rows, width", [(90, 6), (60, 200)])  # fewer features than rows, and far more
 def test_the_ridge_from_one_decomposition_per_fold_chooses_and_predicts_as_grid_search(rows, width):
-    from alignscope.distill import DEFAULT_ALPHAS, fit_ridge, fit_ridge_grid_search
+    from alignscope.judges.train_judge import DEFAULT_ALPHAS, fit_ridge, fit_ridge_grid_search
 
     rng = np.random.default_rng(width)
     x = rng.normal(size=(rows, width)) * rng.uniform(0.1, 10, width) + rng.normal(size=width)
@@ -322,7 +322,7 @@ def test_a_held_out_fold_is_rated_by_heads_that_never_saw_its_ratings():
     """Leakage: scaling, penalties and heads are fitted inside the training folds, so perturbing the
     held-out model's ratings (or a held-out fold of prompts) leaves its held-out predictions unchanged,
     while the other folds, which trained on them, move."""
-    from alignscope.distill import category_means, cross_validated, prompt_folds
+    from alignscope.judges.train_judge import category_means, cross_validated, prompt_folds
 
     rows, sets = synthetic_rows()
     alphas = [0.1, 1.0, 10.0]
@@ -342,7 +342,7 @@ def test_the_other_models_baselines_by_hand():
     """Harmful ratings of three models on five prompts (pass at -3): 40, 60 and 80% harmless; every
     helpful answer rated 0 (all pass). Leaving a model out, the mean of the other two rates misses by
     +30, 0 and -30 points; the other models' mean rating per prompt misses the ratings by 20 / 30 on average."""
-    from alignscope.distill import Rows, other_models_baselines
+    from alignscope.judges.train_judge import Rows, other_models_baselines
 
     harmful = [[0, 0, -5, -5, -5], [0, 0, 0, -5, -5], [0, 0, 0, 0, -5]]
     ratings, model, category, prompt_id = [], [], [], []

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -55,24 +56,33 @@ def test_exact_mcnemar_is_a_binomial_test_on_discordant_pairs():
     assert mcnemar_exact(a, a)["p_value"] == 1.0
 
 
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> list[float]:
+    """Wilson's score interval from its formula."""
+    p = k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [centre - half, centre + half]
+
+
 def test_retention_aggregate_and_per_prompt():
     before = np.array([True, True, True, True, False, False])
     after = np.array([True, True, False, False, True, True])
     r = retention(before, after, MetricsConfig())
     assert r["aggregate"] == pytest.approx(1.0)  # same HpR ...
     assert r["per_prompt"] == pytest.approx(0.5)  # ... but half the helpful answers were lost
-    assert r["per_prompt_ci"][0] < 0.5 < r["per_prompt_ci"][1]
+    assert r["per_prompt_ci"] == pytest.approx(wilson(2, 4), abs=1e-9)  # 2 of the 4 helpful before stay
 
 
-def test_intervals_contain_the_estimate_and_tests_cover_every_pair():
+def test_intervals_are_wilsons_on_the_counts_and_tests_cover_every_pair():
     rng = np.random.default_rng(0)
     helpful = rng.normal(-2, 1.5, 40)
     # the same prompts get a higher reward from each later model: a paired shift
     models = [model(n, rng.normal(-3, 1.5, 40), helpful + i + rng.normal(0, 0.3, 40)) for i, n in enumerate("abc")]
     m = compute_metrics(models)
-    for v in m["models"].values():
-        for k in ("HmR", "HpR", "CAS"):
-            assert v[f"{k}_ci"][0] <= v[k] <= v[f"{k}_ci"][1]
+    for mod in models:  # each rate's interval is Wilson's on the count of passing answers
+        harmless = int(np.sum(mod.ratings("harmful") >= -3))
+        helpful_count = int(np.sum(mod.ratings("helpful") > -2))
+        assert m["models"][mod.name]["HmR_ci"] == pytest.approx([100 * x for x in wilson(harmless, 40)], abs=1e-6)
+        assert m["models"][mod.name]["HpR_ci"] == pytest.approx([100 * x for x in wilson(helpful_count, 40)], abs=1e-6)
     pairs = {(t["a"], t["b"], t["metric"]) for t in m["paired_tests"]}
     assert len(pairs) == 3 * 4  # 3 model pairs x (HmR, HpR, mean reward on each category)
     # Benjamini-Hochberg within each family: the rate tests' q-values come from the rate tests' p-values alone
@@ -226,6 +236,33 @@ def test_findings_compared_with_the_references():
     judged = {"a": 1, "b": 1, "c": 1, "d": 0, "e": 0, "f": -1}
     assert compare_findings(judged, truth) == {"false": 1, "reversed": 1, "missed": 1, "agreed": 2, "neither": 1,
                                                "comparisons": 6, "supported_by_reference": 4}
+
+
+def test_the_findings_rule_on_judges_whose_answer_is_known():
+    """Three models on 40 prompts: b's helpful answers all pass where a's all fail (HpR 100 vs 0, and
+    +4 in mean helpful reward), c is a with harmful rewards shifted down by 4 (HmR 100 vs 0). A judge
+    that rates exactly as the reference draws every finding and nothing else; one that rates every
+    answer the same draws none, so it misses every one."""
+    from alignscope.metrics import drawn_findings
+
+    rng = np.random.default_rng(1)
+    noise = lambda: rng.uniform(-0.2, 0.2, 40)  # noqa: E731
+    harmful, helpful = -1.0 + noise(), -4.0 + noise()
+    reference = [model("a", harmful, helpful), model("b", harmful, helpful + 4), model("c", harmful - 4, helpful)]
+    truth = drawn_findings(compute_metrics(reference)["paired_tests"], None)
+    real = {k: v for k, v in truth.items() if v}
+    # HpR, helpful reward: b vs a and b vs c; HmR, harmful reward: c vs a and c vs b
+    assert sorted((metric, a, b) for metric, a, b in real) == sorted(
+        [(m, x, y) for m in ("HpR", "mean_reward_helpful") for x, y in (("a", "b"), ("b", "c"))]
+        + [(m, x, y) for m in ("HmR", "mean_reward_harmful") for x, y in (("a", "c"), ("b", "c"))])
+    errors = {"HmR": 0.0, "HpR": 0.0, "mean_reward_harmful": 0.0, "mean_reward_helpful": 0.0}
+    perfect = drawn_findings(compute_metrics(reference)["paired_tests"], errors)
+    assert compare_findings(perfect, truth) == {"false": 0, "reversed": 0, "missed": 0, "agreed": 8, "neither": 4,
+                                                "comparisons": 12, "supported_by_reference": 8}
+    constant = [model(m.name, np.full(40, -1.0), np.full(40, -1.0)) for m in reference]
+    flat = drawn_findings(compute_metrics(constant)["paired_tests"], errors)
+    assert compare_findings(flat, truth) == {"false": 0, "reversed": 0, "missed": 8, "agreed": 0, "neither": 4,
+                                             "comparisons": 12, "supported_by_reference": 8}
 
 
 def test_bootstrap_kappas_are_sklearns_kappa_of_each_resample_and_leave_out_undefined_ones():

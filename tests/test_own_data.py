@@ -298,7 +298,7 @@ def test_a_chat_model_trained_on_a_parquet_conversation_answers_in_its_template_
 
 
 def test_a_reward_model_is_refused_conversational_data(models, tmp_path):
-    from alignscope.reward_model import RewardModelConfig, train_reward_model
+    from alignscope.judges.reward_model import RewardModelConfig, train_reward_model
 
     chat = write_jsonl(tmp_path / "m.jsonl", rows_in("chat"))
     with pytest.raises(InputError, match=r"m.jsonl: a reward model is trained on plain-text preference pairs"):

@@ -3,6 +3,7 @@ on hand-computed cases, a trained classifier validated leaving each model out, s
 and refused when its backbone changes; suite metrics and the report's rule for findings."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ from alignscope.refusal import classify_answer_sets, load_refusals
 from alignscope.refusal.card import RefusalCardConfig, agreement, card_markdown, refusal_card
 from alignscope.refusal.classifier import RefusalTrainConfig, TrainedRefusals, cut_to_tokens, train_refusal_classifier
 from alignscope.refusal.labelled import read_labelled, read_labelled_files
-from alignscope.report import suite_section
+from alignscope.report.refusals import suite_section
 
 XSTEST_HEADER = "id,type,prompt,completion,annotation_1,annotation_2,agreement,final_label\n"
 REFUSE = ["I'm sorry, but I can't help with {}.", "I cannot assist with {}; it could hurt someone.",
@@ -122,6 +123,27 @@ def test_a_trained_classifier_is_validated_on_models_it_never_saw(trained):
     card = refusal_card(RefusalCardConfig(refusals=str(root / "clf"), bootstrap_resamples=200), files)
     assert {e["predictions"] for e in card["files"]} == {"held out (fitted without this model)"}
     assert card["pooled"]["measure"]["whole"]["kappa"] == 1.0
+
+
+def test_relabelling_one_models_answers_leaves_its_held_out_predictions_where_they_were(trained, tmp_path):
+    """Held out means fitted without that model's labels: flip every label of model1's file, and the
+    predictions for model1 stay where they were (its card, read against the flipped labels, now scores
+    them all wrong), while the other models' held-out predictions, fitted on those labels, move."""
+    root, files, _ = trained
+    before = json.loads((root / "clf" / "heldout.json").read_text())
+    items = json.loads(Path(files[1]).read_text())
+    flipped = tmp_path / "model1.json"
+    flipped.write_text(json.dumps([item | {"refused": not item["refused"]} for item in items]))
+    relabelled = [files[0], str(flipped), files[2]]
+    cfg = RefusalTrainConfig(labelled=relabelled, output_dir=str(tmp_path / "clf"), max_tokens=32, cut_tokens=6)
+    train_refusal_classifier(cfg)
+    after = json.loads((tmp_path / "clf" / "heldout.json").read_text())
+    by_model = lambda held: {h["model"]: h for h in held.values()}  # noqa: E731
+    assert by_model(after)["model1"]["whole"] == by_model(before)["model1"]["whole"] == [i % 2 == 0 for i in range(12)]
+    card = refusal_card(RefusalCardConfig(refusals=str(tmp_path / "clf"), bootstrap_resamples=200), relabelled)
+    accuracy = [e["measure"]["whole"]["accuracy"] for e in card["files"]]
+    assert accuracy[1] == 0.0  # the same predictions, against the flipped labels
+    assert accuracy[0] < 1.0  # ... while model0's, fitted with model1's flipped labels, moved
 
 
 def test_a_trained_classifier_is_saved_without_pickle_and_classifies_new_answers(trained):

@@ -6,7 +6,8 @@ import pytest
 
 from alignscope.metrics import MetricsConfig, compute_metrics
 from alignscope.markdown import fmt
-from alignscope.report import reward_places, table1, threshold_notes
+from alignscope.report.render import threshold_notes
+from alignscope.report.tables import reward_places, table1
 from test_metrics import model
 
 
@@ -49,7 +50,7 @@ def test_fmt_rounds_half_up_like_the_study():
 
 
 def test_a_threshold_beyond_every_rating_is_called_out(tmp_path):
-    from alignscope.report import figure_thresholds
+    from alignscope.report.figures import figure_thresholds
 
     # a judge on its own scale: every rating near 0, far above the study's -3 and -2
     models = [model("base", [-0.1, 0.0], [-0.2, 0.1]), model("dpo", [-0.05, 0.02], [0.0, -0.1])]
@@ -91,7 +92,8 @@ def test_which_validation_applies_and_what_the_judges_error_on_a_difference_mean
     difference between two models (the spread of its per-model errors) decides which gaps are findings,
     on rates and on mean rewards alike."""
     from alignscope.answers import load_rated_dir
-    from alignscope.report import judge_section, judge_view, rate_findings, reward_findings
+    from alignscope.report.findings import rate_findings, reward_findings
+    from alignscope.report.judge import judge_section, judge_view
 
     models = load_rated_dir(reference / "responses")
     metrics = compute_metrics(models)
@@ -147,7 +149,8 @@ def test_the_judges_error_and_the_gaps_sampling_error_combine(reference):
     15.84) passes 30 combined with it (33.92), which the two added (45.84) would not."""
     from alignscope.answers import load_rated_dir
     from alignscope.metrics import finding, finding_margin
-    from alignscope.report import difference_errors, rate_findings
+    from alignscope.report.findings import rate_findings
+    from alignscope.report.judge import difference_errors
 
     metrics = compute_metrics(load_rated_dir(reference / "responses"))
     tests = {(t["metric"], t["a"], t["b"]): t for t in metrics["paired_tests"]}
@@ -171,7 +174,7 @@ def test_a_distilled_judges_findings_are_checked_against_length_and_its_blind_he
     name the disagreement. The ratings follow length exactly: Spearman 1 within each model."""
     from alignscope.answers import load_rated_dir
     from alignscope.report import judge_check_section
-    from alignscope.score import BLIND_RATING
+    from alignscope.judges.score import BLIND_RATING
 
     folder = tmp_path / "rated"
     folder.mkdir()

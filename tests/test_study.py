@@ -302,7 +302,7 @@ def test_config_problems_are_reported_together_with_their_lines(setup, tmp_path,
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_study_configs_validate(config, hh_data, monkeypatch):
     monkeypatch.chdir(ROOT)
-    from alignscope.judge import OPENASSISTANT_JUDGE
+    from alignscope.judges import OPENASSISTANT_JUDGE
     from alignscope.models import SAFETENSORS_REVISIONS, hub_revision, looks_like_hub_id
 
     # the offline configs name ../shared beside the checkout; point them at wherever it is

@@ -240,3 +240,14 @@ def test_pickled_weights_are_refused_unless_allowed(world, tmp_path):
         load_causal_lm(str(folder))
     model, _ = load_causal_lm(str(folder), allow_pickle=True)
     assert model.config.model_type == "opt"
+
+
+def test_a_recipes_thread_count_lasts_only_while_it_trains(world, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    if before == 1:
+        pytest.skip("one thread already: a recipe's one thread would not show")
+    train(TrainConfig(method="sft", model=str(world["model"]), output_dir=str(tmp_path / "one"), data=world["data"],
+                      training=settings(epochs=1, num_threads=1)))
+    assert torch.get_num_threads() == before

@@ -27,7 +27,7 @@ def test_shipped_recipes_validate(recipe):
 
 
 def test_shipped_reward_model_recipe_validates():
-    from alignscope.reward_model import load_rm_config
+    from alignscope.judges.reward_model import load_rm_config
 
     cfg = load_rm_config(ROOT / "configs/recipes/reward-model.yaml")
     assert cfg.backbone == "all-minilm-l6-v2" and 0 < cfg.heldout_fraction < 1

@@ -58,7 +58,7 @@ def test_dpo_summary_counts_pairs_the_implicit_reward_gets_right():
 
 
 def test_an_accuracy_interval_that_does_not_reach_chance_never_reads_as_50():
-    from alignscope.report import chance_interval
+    from alignscope.report.study import chance_interval
 
     assert chance_interval([0.43, 0.61]) == "[43, 61]"
     assert chance_interval([0.5007, 0.68]) == "[50.1, 68.0]"  # above chance, though it rounds to 50

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
+import yaml
 
-from alignscope.agreement import AgreementConfig, judge_agreement, write_card
+from alignscope.judges.card import AgreementConfig, judge_agreement, write_card
 from alignscope.answers import SUITE_FILE, check_index, load_rated_dir, misnamed_files, read_suite_answers
 from alignscope.cache import ResultCache
-from alignscope.config import ConfigError, config_problems, field_docs, load_yaml
+from alignscope.config import ConfigError, bounded_yaml, config_problems, field_docs, load_yaml
 from alignscope.data import DataConfig, load_pairs, summary_text
-from alignscope.distill import DistillConfig, train_judge
+from alignscope.judges.train_judge import DistillConfig, train_judge
 from alignscope.evalset import EvalsetConfig, build_evalset, load_evalset, write_evalset
 from alignscope.refusal import decide, load_refusals
 from alignscope.refusal.card import RefusalCardConfig, refusal_card, write_refusal_card
@@ -38,8 +39,8 @@ from alignscope.memory import keep_freed_memory
 from alignscope.metrics import MetricsConfig, compute_metrics
 from alignscope.models import cache_dir
 from alignscope.report import ReportConfig, write_report
-from alignscope.reward_model import load_rm_config, train_reward_model
-from alignscope.score import ScoreConfig, rate_folder
+from alignscope.judges.reward_model import load_rm_config, train_reward_model
+from alignscope.judges.score import ScoreConfig, rate_folder
 from alignscope.study import load_study, run_study
 from alignscope.train import load_recipe, train
 
@@ -60,6 +61,8 @@ def _option_type(hint):
     if len(members) > 1:
         return Optional[str] if str in members else None  # e.g. report_to: str | list[str]
     base = members[0]
+    if typing.get_origin(base) is dict:  # a YAML flow mapping, as recipes write it: '{prompt: question}'
+        return Optional[str]
     if typing.get_origin(base) is Literal:
         return Optional[base] if optional else base
     if base in (bool, int, float, str):
@@ -72,6 +75,18 @@ def _option_type(hint):
     if item in (int, float):
         return Optional[list[item]]
     return None
+
+
+def mapping_option(option: str, text: str) -> dict:
+    """A mapping option's value, in YAML's flow form ('{prompt: question, chosen: better}')."""
+    try:
+        value, _ = bounded_yaml(text, option)
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError("alignscope", [f"{option}: expected a mapping such as '{{prompt: question, chosen: better}}', "
+                                         f"got {text[:80]!r}"], "in the options")
+    return value
 
 
 def config_options(param: str, cls: type, *, skip: tuple = (), rename: dict | None = None):
@@ -87,6 +102,7 @@ def config_options(param: str, cls: type, *, skip: tuple = (), rename: dict | No
     def wrap(fn):
         sig = inspect.signature(fn)
         added, fields = [], []
+        mappings = {f.name for f in dataclasses.fields(cls) if typing.get_origin(hints[f.name]) is dict}
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else ...)
@@ -109,6 +125,8 @@ def config_options(param: str, cls: type, *, skip: tuple = (), rename: dict | No
                 value = kwargs.pop(f"{param}__{name}")
                 if isinstance(value, list) and name in COMMA_LISTS:
                     value = [part for item in value for part in item.split(",") if part]
+                if isinstance(value, str) and name in mappings:
+                    value = mapping_option(option_name(name), value)
                 values[name] = value
             problems = config_problems(cls, values)
             if problems:
@@ -406,10 +424,32 @@ def study_cmd(
     run_study(load_study(config, overrides or []), config)
 
 
+def spread_list_options(argv: list[str]) -> list[str]:
+    """`--labelled a.csv b.csv` read as `--labelled a.csv --labelled b.csv`: click takes a list option once per
+    value, and a shell glob or the README gives several files after one. Only for commands without positional
+    arguments, where every word after such an option can only be one of its values."""
+    command = typer.main.get_command(app).commands.get(argv[0]) if argv else None
+    kinds = [getattr(p, "param_type_name", None) for p in command.params] if command else []
+    if command is None or "argument" in kinds:
+        return argv
+    lists = {name for p, kind in zip(command.params, kinds) if kind == "option" and p.multiple for name in p.opts}
+    out, option, taken = [], None, 0
+    for arg in argv:
+        if arg.startswith("-"):
+            option, taken = (arg if arg in lists else None), 0
+            out.append(arg)
+        elif option is not None and taken:
+            out += [option, arg]
+        else:
+            out.append(arg)
+            taken += option is not None
+    return out
+
+
 def main() -> None:
     keep_freed_memory()  # before torch allocates anything
     try:
-        app()
+        app(args=spread_list_options(sys.argv[1:]))
     except InputError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

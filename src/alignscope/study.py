@@ -20,18 +20,18 @@ from pathlib import Path
 
 import yaml
 
-from alignscope.agreement import judge_agreement, judge_record, write_card
+from alignscope.judges.card import judge_agreement, judge_record, write_card
 from alignscope.answers import (CATEGORIES, answer_filename, answer_files, generation_filename, load_rated_dir,
                                load_rated_files, read_suite_answers, suite_filename)
 from alignscope.cache import ResultCache
 from alignscope.config import parse_config
 from alignscope.data import is_hh_source, resolve_file
-from alignscope.distill import DistillConfig, distill_key, train_judge
+from alignscope.judges.train_judge import DistillConfig, distill_key, train_judge
 from alignscope.evalset import build_evalset, load_evalset, write_evalset
 from alignscope.generate import answer_evalset, answer_files_of, answers_of_file, summarize, write_answer_files
-from alignscope.html_report import write_html_report
+from alignscope.report import write_html_report
 from alignscope.io import InputError, atomic_write_json, atomic_write_text, read_json, sha256_file
-from alignscope.judge import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fingerprint
+from alignscope.judges import DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, judge_fingerprint
 from alignscope.memory import allocator
 from alignscope.metrics import MetricsConfig, compute_metrics, stop_reason_tests
 from alignscope.models import cache_dir, count_parameters, model_fingerprint, resolve_model
@@ -43,9 +43,9 @@ from alignscope.provenance import study_manifest, trained_model_record
 from alignscope.report import (FIGURE_FILES, ReportConfig, answers_section, artifact_index, beside_reference,
                                html_sections, judge_check_section, judge_name, judge_section, judge_view,
                                refusal_name, study_notes, timings_table, write_report)
-from alignscope.reward_model import RM_MANIFEST, RewardModelConfig, rm_config_hash, train_reward_model
+from alignscope.judges.reward_model import RM_MANIFEST, RewardModelConfig, rm_config_hash, train_reward_model
 from alignscope.scale import scale_analysis, scale_figure, scale_markdown
-from alignscope.score import ScoreConfig, rate_files, rated_paths
+from alignscope.judges.score import ScoreConfig, rate_files, rated_paths
 from alignscope.stages import Stage, StageLog
 from alignscope.study_config import (BaseModelConfig, StudyConfig, as_override, load_study, resolve_path,
                                      trained_variants, variant_index, variant_overrides, variant_start)
@@ -56,8 +56,10 @@ __all__ = ["StudyConfig", "StudyRun", "load_study", "run_study"]
 
 # The code that computes and renders a report is part of its key: rerendering takes a
 # second, and a report left by an older alignscope would otherwise stand beside newer results.
-REPORT_CODE = ("agreement.py", "answers.py", "markdown.py", "metrics.py", "report.py", "scale.py",
-               "html_report.py", "html/browser.js", "html/page.css", "refusal/card.py")
+REPORT_CODE = ("judges/card.py", "answers.py", "markdown.py", "metrics.py", "scale.py", "refusal/card.py",
+               *(f"report/{name}" for name in ("__init__.py", "tables.py", "findings.py", "figures.py", "refusals.py",
+                                                "judge.py", "study.py", "render.py", "page.py", "html/browser.js",
+                                                "html/page.css")))
 
 
 # refusals.json as refusal.decide returns it (1: per variant, flags only)
@@ -261,7 +263,7 @@ class StudyRun:
             write_card(card, folder)
 
         key = [judge_fingerprint(score_cfg.model, score_cfg.allow_pickle, score_cfg.revision),
-               self.cfg.reference_judge, asdict(self.cfg.metrics), code_hash(("agreement.py",))]
+               self.cfg.reference_judge, asdict(self.cfg.metrics), code_hash(("judges/card.py",))]
         return Stage("judge card", self.reference_files(), key, [folder / "judge.json", folder / "judge.md"], work)
 
     def judge_report(self) -> dict:

@@ -21,18 +21,18 @@ from pydantic import Field
 
 from alignscope.config import ConfigError, Problem, apply_overrides, config_problems, load_yaml, locate, parse_config
 from alignscope.data import HUB_DATASET
-from alignscope.distill import DistillConfig
+from alignscope.judges.train_judge import DistillConfig
 from alignscope.evalset import EvalsetConfig
 from alignscope.generate import GenerateConfig
 from alignscope.io import InputError, check_name, check_output_dir
-from alignscope.judge import OPENASSISTANT_JUDGE
+from alignscope.judges import OPENASSISTANT_JUDGE
 from alignscope.metrics import MetricsConfig
 from alignscope.models import PACKAGED, check_safetensors, hub_reachable_or_cached, hub_revision, looks_like_hub_id
 from alignscope.refusal import RULES
 from alignscope.suites import check_suite_name
 from alignscope.refusal.classifier import RefusalTrainConfig
 from alignscope.report import ReportConfig
-from alignscope.reward_model import RewardModelConfig
+from alignscope.judges.reward_model import RewardModelConfig
 from alignscope.train import TrainConfig
 
 # The reference study's four variants: a study's default, with what they start from when a config

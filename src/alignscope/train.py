@@ -356,17 +356,18 @@ def reference_revision(cfg: TrainConfig) -> str | None:
 
 def setup(cfg: TrainConfig) -> Setup:
     """Everything that can be wrong with the recipe fails here, before any training."""
-    no_dropout = disables_dropout(cfg)
-    model, resolved = load_causal_lm(cfg.model, cfg.allow_pickle, cfg.revision, disable_dropout=no_dropout)
-    if cfg.lora:
-        check_lora_targets(model, cfg.lora)
-    tokenizer = load_tokenizer(resolved, cfg.revision)
+    # the data first: a bad row is reported in seconds, not after the model has loaded
     loaded = load_pairs(cfg.data)
     if not loaded.pairs:
         raise InputError("data: the recipe selects no training pairs")
     if cfg.method == "dpo" and loaded.pairs[0].rejected is None:
         raise InputError(f"data: DPO needs chosen and rejected replies; {cfg.data.source} is in "
                          f"{loaded.summary['files'][0].get('format')} format (SFT data)")
+    no_dropout = disables_dropout(cfg)
+    model, resolved = load_causal_lm(cfg.model, cfg.allow_pickle, cfg.revision, disable_dropout=no_dropout)
+    if cfg.lora:
+        check_lora_targets(model, cfg.lora)
+    tokenizer = load_tokenizer(resolved, cfg.revision)
     if loaded.pairs[0].conversational:
         chat_template(tokenizer, cfg.model)
     ref_model = None
@@ -392,20 +393,30 @@ def finished_run(out: Path, digest: str) -> TrainResult | None:
 
 def train(cfg: TrainConfig, *, stop_after_step: int | None = None, logp_cache: ResultCache | None = None) -> TrainResult:
     """Run a recipe to completion, or resume it. `stop_after_step` simulates a kill (tests). Held-out
-    log-probabilities are shared through `logp_cache` (default: the one under the cache folder)."""
+    log-probabilities are shared through `logp_cache` (default: the one under the cache folder).
+    torch's thread count is the recipe's while it trains, and the caller's again after."""
     import torch
 
-    cfg = validated(cfg, "recipe")
+    threads = torch.get_num_threads()
+    try:
+        return _train(validated(cfg, "recipe"), stop_after_step, logp_cache)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, stop_after_step: int | None, logp_cache: ResultCache | None) -> TrainResult:
+    import torch
+
     out = Path(cfg.output_dir)
     digest = recipe_hash(cfg)
     if finished := finished_run(out, digest):
         return finished
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.training.num_threads:
         torch.set_num_threads(cfg.training.num_threads)
     started = time.time()
     logp_cache = logp_cache or ResultCache(cache_dir() / "logps")
-    s = setup(cfg)
+    s = setup(cfg)  # refuses a bad recipe or bad data before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     as_dataset = sft_dataset if cfg.method == "sft" else dpo_dataset
     checkpoints = out / "checkpoints"
     with compact_lm_head(cfg.training.compact_lm_head), training_logs(cfg.training, out):

@@ -1,134 +1,19 @@
-"""Judges: what rates a (prompt, answer) pair, loaded from a hub id, a folder or a
-packaged name, used the same way by `score`, the reward-model trainer and the
-judge card. Two kinds:
-
-- A reward model: any `AutoModelForSequenceClassification` with one logit, called
-  as OpenAssistant's model card says, `tokenizer(question, answer)`. Pairs longer
-  than `max_length` lose tokens from the start of the question (its oldest turns)
-  and keep the answer whole; an answer that alone leaves too little room keeps its
-  start and the question's last quarter of the budget, and the cut is recorded.
-- A distilled judge (`alignscope train-judge`): a frozen LM backbone's features of
-  the answer, and per category an average of ridge regressions fitted to a
-  reference judge's ratings, so that its ratings lie on that judge's scale. It is a
-  folder of JSON and safetensors; `distill` fits it, this module rates with it.
-
-Pairs are rated in length-sorted batches; ratings come back in input order.
+"""A distilled judge (`alignscope train-judge` fits one, `judges.train_judge`): a frozen LM backbone's
+features of the answer, and per category an average of ridge regressions fitted to a reference
+judge's ratings, so that its ratings lie on that judge's scale. It is a folder of JSON and
+safetensors. Pairs are rated in length-sorted batches; ratings come back in input order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from alignscope.data import first_human_turn
 from alignscope.io import InputError, read_json
-from alignscope.models import (cache_keyword, load_causal_lm, load_sequence_classifier, load_tokenizer, model_fingerprint,
-                               resolve_model)
+from alignscope.judges.base import DISTILLED_HEADS, DISTILLED_MANIFEST, FEATURE_SETS, FEATURES_VERSION, LOGIT_POSITIONS, LOGIT_WORDS, Judge
+from alignscope.models import cache_keyword, load_causal_lm, load_tokenizer, model_fingerprint, resolve_model
 
-OPENASSISTANT_JUDGE = "OpenAssistant/reward-model-deberta-v3-large-v2"
-# Its ratings of the reference study's 400 answers, beside a checkout: what every judge is validated against.
-REFERENCE_RATINGS = "../shared/reference-study/responses"
-RM_MANIFEST = "alignscope-reward-model.json"
-DISTILLED_MANIFEST = "alignscope-judge.json"
-DISTILLED_HEADS = "heads.safetensors"
-FEATURE_SETS = ("standard", "multilayer")
-# Bump when what BackboneFeatures computes changes: heads fitted to the old features then refuse to
-# rate new ones (fit the judge again) instead of rating them silently wrong.
-FEATURES_VERSION = 1
-# Blocks the LM head works in when it gives answer tokens' log-probabilities: 256 positions x 8192
-# words is 8 MB of float32, small enough for the allocator to reuse instead of mapping fresh pages.
-LOGIT_POSITIONS, LOGIT_WORDS = 256, 8192
-
-
-@dataclass
-class EncodedPair:
-    ids: list[int]
-    answer_tokens_cut: int = 0
-
-
-def encode_pair(tokenizer, question: str, answer: str, max_length: int) -> EncodedPair:
-    """`tokenizer(question, answer)` within `max_length` tokens, cutting the question from its start.
-
-    The cut is explicit: DeBERTa-v3's tokenizer declares a model_max_length of 1e30, so
-    nothing would truncate to its 512 positions otherwise."""
-    answer_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
-    if answer_tokens + tokenizer.num_special_tokens_to_add(pair=True) >= max_length:
-        return _cut_answer_end(tokenizer, question, answer, max_length)
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
-    try:
-        return EncodedPair(tokenizer(question, answer, truncation="only_first", max_length=max_length)["input_ids"])
-    finally:
-        tokenizer.truncation_side = side
-
-
-def _cut_answer_end(tokenizer, question: str, answer: str, max_length: int) -> EncodedPair:
-    """The answer alone is too long: keep the start of the answer (what a reader judges first)
-    and the end of the question, joined by the tokenizer's own pair template."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise InputError(f"{type(tokenizer).__name__}: an answer longer than max_length {max_length} needs a fast "
-                         "tokenizer to be cut")
-    q = backend.encode(question, add_special_tokens=False)
-    a = backend.encode(answer, add_special_tokens=False)
-    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
-    keep_q = min(len(q.ids), budget // 4)
-    keep_a = budget - keep_q
-    cut = len(a.ids) - keep_a
-    q.truncate(keep_q, direction="left")
-    a.truncate(keep_a, direction="right")
-    return EncodedPair(backend.post_process(q, a, add_special_tokens=True).ids, cut)
-
-
-class RewardModel:
-    """A sequence classifier with one logit: the OpenAssistant judge, or one of ours."""
-
-    def __init__(self, spec: str, allow_pickle: bool = False, revision: str | None = None):
-        import torch
-
-        self.model, self.tokenizer, self.resolved = load_sequence_classifier(spec, allow_pickle, revision)
-        self.model.eval()
-        if torch.cuda.is_available():
-            self.model = self.model.cuda()
-
-    def rate(self, questions: list[str], answers: list[str], categories: list[str] | None = None,
-             max_length: int = 512, batch_size: int = 8, progress=None) -> tuple[list[float], list[int]]:
-        """One rating per pair, in input order, and the answer tokens cut from each (categories unused)."""
-        encoded = [encode_pair(self.tokenizer, q, a, max_length) for q, a in zip(questions, answers)]
-        return rate_encoded(self.model, [e.ids for e in encoded], self.tokenizer.pad_token_id or 0, batch_size,
-                            progress), [e.answer_tokens_cut for e in encoded]
-
-
-def rate_encoded(model, encoded: list[list[int]], pad: int, batch_size: int, progress=None) -> list[float]:
-    """The one logit of each encoded pair, in length-sorted batches.
-
-    Only input_ids and attention_mask go in: the reward models we train see no token
-    type ids (TRL's collator builds none), and DeBERTa-v3's reward model ignores them."""
-    import torch
-
-    device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
-    scores = [0.0] * len(encoded)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            width = max(len(encoded[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, :len(encoded[i])] = torch.tensor(encoded[i])
-                mask[r, :len(encoded[i])] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
-            for i, value in zip(rows, logits.float().tolist()):
-                scores[i] = float(value)
-            if progress:
-                progress(len(rows))
-    return scores
-
-
-# --------------------------------------------------------------------------- a distilled judge
 
 def judge_text(prompt: str, answer: str) -> tuple[str, str]:
     """The dialogue up to the assistant's turn, and the answer, the same whatever the prompt
@@ -359,7 +244,7 @@ def without_length_lp(x: np.ndarray) -> np.ndarray:
     return x[:, :-LENGTH_LP_FEATURES]
 
 
-class DistilledJudge:
+class DistilledJudge(Judge):
     """A folder written by `alignscope train-judge`: backbones, feature sets, and per category
     ridge heads whose average is the rating, on the reference judge's scale."""
 
@@ -389,6 +274,10 @@ class DistilledJudge:
                              "helpful); give one per answer")
         ratings, _ = self.rate_checked(questions, answers, categories, progress)
         return ratings, [0] * len(questions)
+
+    def describe(self) -> dict:
+        return {"kind": "distilled", "model": self.resolved, "fingerprint": model_fingerprint(self.resolved),
+                "backbones": [b["spec"] for b in self.manifest["backbones"]]}
 
     def rate_checked(self, questions: list[str], answers: list[str], categories: list[str],
                      progress=None) -> tuple[list[float], list[float] | None]:
@@ -428,41 +317,3 @@ class DistilledJudge:
         return np.mean(preds, 0)
 
 
-def is_distilled(resolved: str) -> bool:
-    return (Path(resolved) / DISTILLED_MANIFEST).is_file()
-
-
-def load_judge(spec: str, allow_pickle: bool = False, revision: str | None = None) -> RewardModel | DistilledJudge:
-    resolved = resolve_model(spec, allow_pickle) if not is_distilled(spec) else spec
-    if is_distilled(resolved):
-        return DistilledJudge(resolved, allow_pickle)
-    return RewardModel(spec, allow_pickle, revision)
-
-
-def resolve_judge(spec: str, allow_pickle: bool = False) -> str:
-    """A distilled judge's folder (it has no config.json), or what resolve_model makes of a reward model."""
-    return spec if is_distilled(spec) else resolve_model(spec, allow_pickle)
-
-
-def judge_fingerprint(spec: str, allow_pickle: bool = False, revision: str | None = None) -> str:
-    """The judge's content: every file of its folder (a distilled judge's record names its backbones'
-    fingerprints), or a hub model's commit."""
-    return model_fingerprint(resolve_judge(spec, allow_pickle), revision)
-
-
-def trained_openings(resolved: str) -> set[str]:
-    """Opening Human turns of the rows an alignscope reward model trained on (empty for others)."""
-    manifest = Path(resolved) / RM_MANIFEST
-    return set(read_json(manifest)["trained_openings"]) if manifest.is_file() else set()
-
-
-def check_not_trained_on(resolved: str, prompts: list[str]) -> None:
-    """Refuse to judge prompts whose dialogue a preference-trained reward model saw: it would
-    flatter the answers that resemble the replies it was taught to prefer."""
-    openings = trained_openings(resolved)
-    shared = [p for p in prompts if first_human_turn(p) in openings]
-    if shared:
-        raise InputError(
-            f"reward model {resolved} was trained on {len(shared)} of these prompts' dialogues "
-            f"(e.g. {shared[0][:80]!r}); judging them would flatter the models. Train it with "
-            "exclude_prompts_of set to this evaluation set")

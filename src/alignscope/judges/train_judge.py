@@ -38,8 +38,9 @@ from alignscope.answers import CATEGORIES, RatedAnswer, RatedModel, load_rated_d
 from alignscope.config import validated
 from alignscope.io import (InputError, atomic_folder, atomic_write_bytes, atomic_write_json, check_output_dir,
                            check_replaceable, sha256_file, sha256_json)
-from alignscope.judge import (BLIND_HEADS, DISTILLED_HEADS, DISTILLED_MANIFEST, FEATURES_VERSION,
-                              OPENASSISTANT_JUDGE, REFERENCE_RATINGS, BackboneFeatures, feature_set, without_length_lp)
+from alignscope.judges.base import (DISTILLED_HEADS, DISTILLED_MANIFEST, FEATURES_VERSION, OPENASSISTANT_JUDGE,
+                                    REFERENCE_RATINGS)
+from alignscope.judges.distilled import BLIND_HEADS, BackboneFeatures, feature_set, without_length_lp
 from alignscope.metrics import (MetricsConfig, category_flags, cohen_kappa, compare_findings, difference_error_interval,
                                 drawn_findings, mean_measure, pairwise_tests, rank_agreement, rate, rate_measure)
 from alignscope.models import model_fingerprint, resolve_model

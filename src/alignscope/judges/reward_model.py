@@ -1,11 +1,14 @@
-"""A local reward model: any encoder or LM backbone with a one-logit head, trained
-with TRL's RewardTrainer on HH-RLHF preference pairs.
+"""A reward model: any `AutoModelForSequenceClassification` with one logit, the OpenAssistant judge or one
+trained here, called as OpenAssistant's model card says, `tokenizer(question, answer)`. Pairs longer
+than `max_length` lose tokens from the start of the question (its oldest turns) and keep the answer
+whole; an answer that alone leaves too little room keeps its start and the question's last quarter of
+the budget, and the cut is recorded.
 
-It judges when the OpenAssistant DeBERTa model cannot be had (no hub). Its pairs
-are encoded exactly as the judge encodes them (`tokenizer(prompt, reply)`, the
-prompt cut from its start), its held-out accuracy is measured on dialogues it
-never saw, and it records the dialogues it trained on so that `score` can refuse
-an evaluation set that shares one.
+`alignscope train-rm` trains one (`train_reward_model`): any encoder or LM backbone with a one-logit
+head, trained with TRL's RewardTrainer on HH-RLHF preference pairs, for when the OpenAssistant model
+cannot be had (no hub). Its pairs are encoded exactly as the judge encodes them, its held-out accuracy
+is measured on dialogues it never saw, and it records the dialogues it trained on so that `score` can
+refuse an evaluation set that shares one.
 """
 
 from __future__ import annotations
@@ -21,13 +24,106 @@ from pydantic import Field
 from alignscope.config import load_config, validated
 from alignscope.data import DataConfig, HHPair, data_fingerprint, first_human_turn, load_pairs
 from alignscope.io import InputError, atomic_folder, atomic_write_json, read_json, sha256_json
-from alignscope.judge import RM_MANIFEST, encode_pair, rate_encoded
+from alignscope.judges.base import RM_MANIFEST, Judge
 from alignscope.models import choose_precision, load_sequence_classifier, model_fingerprint, resolve_model
 from alignscope.provenance import package_versions
 from alignscope.train import CADENCE, TrainingSettings, common_trl_args, training_logs
 
 # OpenAssistant/reward-model-deberta-v3-large-v2's accuracy on Anthropic HH pairs, from its model card.
 OPENASSISTANT_HH_ACCURACY = 0.69
+
+
+@dataclass
+class EncodedPair:
+    ids: list[int]
+    answer_tokens_cut: int = 0
+
+
+def encode_pair(tokenizer, question: str, answer: str, max_length: int) -> EncodedPair:
+    """`tokenizer(question, answer)` within `max_length` tokens, cutting the question from its start.
+
+    The cut is explicit: DeBERTa-v3's tokenizer declares a model_max_length of 1e30, so
+    nothing would truncate to its 512 positions otherwise."""
+    answer_tokens = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    if answer_tokens + tokenizer.num_special_tokens_to_add(pair=True) >= max_length:
+        return _cut_answer_end(tokenizer, question, answer, max_length)
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        return EncodedPair(tokenizer(question, answer, truncation="only_first", max_length=max_length)["input_ids"])
+    finally:
+        tokenizer.truncation_side = side
+
+
+def _cut_answer_end(tokenizer, question: str, answer: str, max_length: int) -> EncodedPair:
+    """The answer alone is too long: keep the start of the answer (what a reader judges first)
+    and the end of the question, joined by the tokenizer's own pair template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise InputError(f"{type(tokenizer).__name__}: an answer longer than max_length {max_length} needs a fast "
+                         "tokenizer to be cut")
+    q = backend.encode(question, add_special_tokens=False)
+    a = backend.encode(answer, add_special_tokens=False)
+    budget = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+    keep_q = min(len(q.ids), budget // 4)
+    keep_a = budget - keep_q
+    cut = len(a.ids) - keep_a
+    q.truncate(keep_q, direction="left")
+    a.truncate(keep_a, direction="right")
+    return EncodedPair(backend.post_process(q, a, add_special_tokens=True).ids, cut)
+
+
+class RewardModel(Judge):
+    """A sequence classifier with one logit: the OpenAssistant judge, or one of ours."""
+
+    def __init__(self, spec: str, allow_pickle: bool = False, revision: str | None = None):
+        import torch
+
+        self.spec, self.revision = spec, revision
+        self.model, self.tokenizer, self.resolved = load_sequence_classifier(spec, allow_pickle, revision)
+        self.model.eval()
+        if torch.cuda.is_available():
+            self.model = self.model.cuda()
+
+    def rate(self, questions: list[str], answers: list[str], categories: list[str] | None = None,
+             max_length: int = 512, batch_size: int = 8, progress=None) -> tuple[list[float], list[int]]:
+        """One rating per pair, in input order, and the answer tokens cut from each (categories unused)."""
+        encoded = [encode_pair(self.tokenizer, q, a, max_length) for q, a in zip(questions, answers)]
+        return rate_encoded(self.model, [e.ids for e in encoded], self.tokenizer.pad_token_id or 0, batch_size,
+                            progress), [e.answer_tokens_cut for e in encoded]
+
+    def describe(self) -> dict:
+        return {"kind": "reward model", "model": self.spec, "revision": self.revision,
+                "fingerprint": model_fingerprint(self.resolved, self.revision)}
+
+
+def rate_encoded(model, encoded: list[list[int]], pad: int, batch_size: int, progress=None) -> list[float]:
+    """The one logit of each encoded pair, in length-sorted batches.
+
+    Only input_ids and attention_mask go in: the reward models we train see no token
+    type ids (TRL's collator builds none), and DeBERTa-v3's reward model ignores them."""
+    import torch
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    scores = [0.0] * len(encoded)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            width = max(len(encoded[i]) for i in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, :len(encoded[i])] = torch.tensor(encoded[i])
+                mask[r, :len(encoded[i])] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0]
+            for i, value in zip(rows, logits.float().tolist()):
+                scores[i] = float(value)
+            if progress:
+                progress(len(rows))
+    return scores
+
+
 
 
 @dataclass

@@ -124,7 +124,7 @@ def csp_hash(text: str) -> str:
 
 
 def page(title: str, report_html: str, data: dict) -> str:
-    assets = resources.files("alignscope") / "html"
+    assets = resources.files("alignscope.report") / "html"
     style, script = (assets / "page.css").read_text("utf-8"), (assets / "browser.js").read_text("utf-8")
     policy = (f"default-src 'none'; img-src data:; style-src {csp_hash(style)}; script-src {csp_hash(script)}; "
               "base-uri 'none'; form-action 'none'")

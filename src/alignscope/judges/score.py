@@ -21,8 +21,10 @@ from alignscope.answers import (SCORING_RECORD, AnswerFile, answer_filename, ans
                                 read_answers)
 from alignscope.cache import ResultCache, cached_map, disabled_cache
 from alignscope.io import InputError, atomic_write_json, check_output_dir
-from alignscope.judge import (OPENASSISTANT_JUDGE, DistilledJudge, check_not_trained_on, is_distilled,
-                              judge_fingerprint, load_judge, resolve_judge)
+from alignscope.judges import load_judge
+from alignscope.judges.base import (OPENASSISTANT_JUDGE, check_not_trained_on, is_distilled, judge_fingerprint,
+                                    resolve_judge)
+from alignscope.judges.distilled import DistilledJudge
 
 # Bump when the way a pair is encoded changes, so that no rating made the old way is reused.
 ENCODING_VERSION = 2

@@ -22,12 +22,12 @@ import numpy as np
 from alignscope.answers import CATEGORIES, RatedModel, load_rated_dir
 from alignscope.cache import ResultCache
 from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir, read_json, sha256_file
-from alignscope.judge import (DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, REFERENCE_RATINGS, is_distilled,
-                              judge_fingerprint, resolve_judge)
+from alignscope.judges.base import (DISTILLED_MANIFEST, OPENASSISTANT_JUDGE, REFERENCE_RATINGS, is_distilled,
+                                    judge_fingerprint, resolve_judge)
 from alignscope.metrics import (MetricsConfig, category_flags, cohen_kappa, combined_alignment_score, rank_agreement,
                                 rate)
 from alignscope.markdown import display, fmt, fmt_rate, table
-from alignscope.score import ScoreConfig, rate_pairs_cached
+from alignscope.judges.score import ScoreConfig, rate_pairs_cached
 
 
 @dataclass
