@@ -145,8 +145,11 @@ def run_child(workload: str, setup: str, reps: int) -> list[dict]:
     if out.returncode:
         sys.exit(f"{workload} under {setup} failed:\n{out.stderr[-3000:]}")
     lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith('{"')]
-    print(f"  {workload:8} {setup:10} {lines[0]['allocator']}", flush=True)
-    return [x for x in lines if "rep" in x]
+    reps = [x for x in lines if "rep" in x]
+    # each process's repetitions as they come: a run stopped early still says what it measured
+    print(f"  {workload:8} {setup:10} {lines[0]['allocator']}: " + ", ".join(
+        f"{x['wall']:.1f} s wall / {x['cpu']:.1f} s CPU / {x['faults']} faults" for x in reps), flush=True)
+    return reps
 
 
 def main() -> None:

@@ -1,24 +1,32 @@
-"""Fail when the README's tables of a distilled judge no longer match the judge's own record.
+"""Fail when the documented tables of a distilled judge no longer match the judge's own record.
 
-Usage: python scripts/check_judge_record.py JUDGE_FOLDER [JUDGE_FOLDER ...]
-Each folder is a judge written by `alignscope train-judge`; its validation, rendered as the README
-renders it (alignscope.judges.card.record_tables), must appear in README.md word for word.
+Usage: python scripts/check_judge_record.py [--page FILE] JUDGE_FOLDER [JUDGE_FOLDER ...]
+Each folder is a judge written by `alignscope train-judge`; its validation, rendered as the docs
+render it (alignscope.judges.card.record_tables), must appear in the page word for word. The page
+is the newest docs/results/*-judges.md unless --page names another.
 """
 
+import argparse
 import sys
 from pathlib import Path
 
-from alignscope.judges.card import record_tables
 from alignscope.io import read_json
 from alignscope.judges import DISTILLED_MANIFEST
+from alignscope.judges.card import record_tables
 
-readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--page", type=Path, default=max(RESULTS.glob("*-judges.md"), default=None))
+parser.add_argument("judges", nargs="+")
+args = parser.parse_args()
+text = args.page.read_text()
 stale = []
-for folder in sys.argv[1:]:
+for folder in args.judges:
     record = read_json(Path(folder) / DISTILLED_MANIFEST)
     backbones = ", ".join(b["spec"] for b in record["backbones"])
-    for text in record_tables(record["validation"]):
-        if text not in readme:
-            stale.append(f"{folder} ({backbones}): README.md lacks this table, as the judge now measures it:\n{text}\n")
-print("\n".join(stale) or f"README.md matches the records of {', '.join(sys.argv[1:])}")
+    for table in record_tables(record["validation"]):
+        if table not in text:
+            stale.append(f"{folder} ({backbones}): {args.page} lacks this table, as the judge now measures it:\n{table}\n")
+print("\n".join(stale) or f"{args.page} matches the records of {', '.join(args.judges)}")
 sys.exit(1 if stale else 0)

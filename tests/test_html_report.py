@@ -255,7 +255,7 @@ def test_a_thousand_prompts_by_six_variants_draw_lazily(tmp_path):
                 a.prompt += " A dialogue of a few turns runs to a few hundred characters." * 5
     (tmp_path / "report.md").write_text("# Large\n")
     page = write_html_report(tmp_path, names, hh_sections(models, {"thresholds": THRESHOLDS}, pattern_flags(models)), "patterns")
-    assert page.stat().st_size < 3_000_000  # 2.1 MB; 2.3 MB with the reference study's lengths (README)
+    assert page.stat().st_size < 3_000_000  # 2.1 MB; 2.3 MB with the reference study's lengths (docs/report.md)
     started = time.monotonic()
     dom, console = browse(page, tmp_path, "#answers")
     assert console == [] and time.monotonic() - started < 60

@@ -364,9 +364,9 @@ def test_the_other_models_baselines_by_hand():
     assert b["other_models_prompt_mean"]["table"]["base"]["HmR"]["judge"] == 80
 
 
-def test_the_judge_record_check_fails_when_the_readme_lacks_a_judges_tables(distilled):
-    """`make judge-record`'s check: a judge whose measured tables are not in README.md fails it, naming the judge
-    and printing the tables as they now are."""
+def test_the_judge_record_check_fails_when_the_page_lacks_a_judges_tables_and_passes_when_it_has_them(distilled, tmp_path):
+    """`make judge-record`'s check: a judge whose measured tables are not on the results page fails it, naming the
+    judge and printing the tables as they now are; a page that quotes them passes."""
     import subprocess
     import sys
     from pathlib import Path
@@ -377,3 +377,12 @@ def test_the_judge_record_check_fails_when_the_readme_lacks_a_judges_tables(dist
     assert run.returncode == 1 and f"{cfg.output_dir} (" in run.stdout
     assert "| leaving one model out (3 folds) |" in run.stdout and "(1 folds)" not in run.stdout
     assert "| each model's rate at the other models' mean rate, leaving one model out (3 folds) |" in run.stdout
+    from alignscope.judges.card import record_tables
+
+    page = tmp_path / "judges.md"
+    page.write_text("# A page quoting the judge\n\n" + "\n\n".join(record_tables(record["validation"])) + "\n")
+    run = subprocess.run([sys.executable, str(script), "--page", str(page), cfg.output_dir], capture_output=True, text=True)
+    assert run.returncode == 0 and "matches the records of" in run.stdout, run.stdout
+    page.write_text(page.read_text().replace("(3 folds) | ", "(3 folds) |  ", 1))  # one character off
+    run = subprocess.run([sys.executable, str(script), "--page", str(page), cfg.output_dir], capture_output=True, text=True)
+    assert run.returncode == 1

@@ -10,8 +10,8 @@ HELPERS = ["io", "config", "cache", "models", "answers", "trl_patches", "shared_
 # the pipeline, in order, by package (a top-level module is its own): each may import helpers, earlier
 # entries and its own package's modules. metrics defines the measures and their statistics (no model),
 # which the judges' and the refusal measures' cards validate against, so it precedes both.
-PIPELINE = ["data", "suites", "evalset", "heldout", "train", "generate", "metrics", "judges", "refusal", "report",
-            "scale", "study_config", "study", "cli", "__main__"]
+PIPELINE = ["data", "suites", "evalset", "heldout", "train", "generate", "metrics_schema", "metrics", "judges", "refusal",
+            "report", "scale", "study_config", "study", "cli", "__main__"]
 
 
 def unit(module: str) -> str:

@@ -24,6 +24,9 @@ from tiny import tiny_deberta_rm, tiny_opt
 
 THINGS = ["weeds", "a process", "time", "the lights", "a mosquito", "the engine", "germs", "the music"]
 
+# whole studies on tiny models: the slow tier (make test-fast leaves them out)
+pytestmark = pytest.mark.slow
+
 
 def rows(kind: str, n: int) -> list[dict]:
     out = []

@@ -243,6 +243,7 @@ def declared_study(tmp_path_factory):
     return root / "out"
 
 
+@pytest.mark.slow  # a whole study
 def test_a_study_of_declared_variants_runs_end_to_end_in_declared_order(declared_study):
     out = declared_study
     metrics = json.loads((out / "metrics.json").read_text())

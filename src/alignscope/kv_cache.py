@@ -2,7 +2,7 @@
 
 transformers' DynamicLayer concatenates each new token onto its cache, re-copying
 the whole cache at every step; for a large decoding batch that copy is most of a
-step (README, "Benchmarks"). These layers write each new token into a buffer
+step (docs/results/*-benchmarks.md). These layers write each new token into a buffer
 allocated once for the group's longest answer. Prompts prefilled in several
 batches go in right-aligned, as if the whole group had been prefilled together
 with left padding; sliding-window layers attend over their window only.

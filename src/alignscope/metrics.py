@@ -23,6 +23,7 @@ from scipy import stats
 from alignscope.answers import CATEGORIES, RatedModel
 from alignscope.config import validated
 from alignscope.io import InputError, finite_or_none
+from alignscope.metrics_schema import METRICS_SCHEMA, Metrics, validate_metrics
 
 SIGNIFICANCE = 0.05  # q below which a report calls a difference supported (Benjamini-Hochberg q-values)
 
@@ -460,7 +461,8 @@ def undefined_values(relative: dict, retained: list[dict]) -> list[str]:
     return notes
 
 
-def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig(), refusals: dict | None = None) -> dict:
+def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig(),
+                    refusals: dict | None = None) -> Metrics:
     """Everything `metrics.json` holds, from models whose answers are prompt-aligned. `refusals`: what
     `refusal.decide` made of the same answers (and of the suites' answers); without it, metrics.json
     holds no refusal or suite section."""
@@ -477,6 +479,7 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
     retained = retention_rows(names, per_model, flags, cfg)
     level = f"{cfg.confidence:.0%}"
     metrics = {
+        "schema": METRICS_SCHEMA,
         "base": base,
         "models": per_model,
         "rating_range": {c: [float(min(m.ratings(c).min() for m in models)),
@@ -518,4 +521,5 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
         if refusals.get("suites"):
             metrics["suites"] = {name: suite_metrics(s["kind"], s["answers"], cfg)
                                  for name, s in refusals["suites"].items()}
+    validate_metrics(metrics)
     return metrics

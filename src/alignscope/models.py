@@ -271,7 +271,7 @@ def choose_precision(setting: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     # bf16 autocast is not a safe default on a CPU even with AVX512-BF16: it slowed
-    # Gemma-3-270M's training here (the README's benchmark section has the figures).
+    # Gemma-3-270M's training here (docs/results/*-benchmarks.md has the figures).
     return "fp32"
 
 

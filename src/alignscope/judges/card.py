@@ -295,14 +295,14 @@ def write_card(card: dict, out: str | Path) -> Path:
     return out
 
 
-# --------------------------------------------------------------------------- the README's record of a judge
+# --------------------------------------------------------------------------- the documented record of a judge
 
 # the judges to beat that rank answers (a category's mean or a model's rate ranks nothing)
 RANKING_BASELINES = ("other_models_prompt_mean", "without_length_lp")
 
 
 def record_tables(validation: dict) -> list[str]:
-    """A distilled judge's validation as the README's two tables (the judge, and the judges it must
+    """A distilled judge's validation as the documented two tables (the judge, and the judges it must
     beat), so that a check can find them there word for word."""
     def pair(d: dict, key: str, places: int = 2) -> str:
         return " / ".join(fmt(d[key][c], places) for c in CATEGORIES)

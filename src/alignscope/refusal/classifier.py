@@ -8,11 +8,8 @@ classifier trains on every answer twice, whole and cut to the study's answer
 length, because it must read 50-token answers of small models while the labelled
 answers are long chat-model replies.
 
-What was tried on XSTest's three labelled files, held out by model (pooled kappa,
-whole / cut to 50 tokens): the pattern list 0.71 / 0.65; XSTest's prefix baseline
-0.81 / 0.72; TF-IDF n-grams with a logistic head 0.47 / 0.43 (it learns the
-prompts' topics, not refusals); encoder embeddings of prompt and answer together
-0.53 / 0.55; embeddings of the answer alone with the two flags 0.78 / 0.78.
+How it and the other approaches tried fare on XSTest's three labelled files, held out
+by model, is in docs/results/*-refusals.md; `make refusal-record` reproduces it.
 
 Saved without pickle: the head's numbers in safetensors, everything else in JSON,
 with the backbone's fingerprint, which must match at use.

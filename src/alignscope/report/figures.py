@@ -11,7 +11,8 @@ import numpy as np
 from alignscope.answers import RatedModel
 from alignscope.io import atomic_folder
 from alignscope.markdown import display, fmt_rate
-from alignscope.metrics import (MetricsConfig, harmless_flags, helpful_flags)
+from alignscope.metrics_schema import Metrics
+from alignscope.metrics import MetricsConfig, harmless_flags, helpful_flags
 
 from alignscope.report.tables import level, rating_range
 
@@ -40,7 +41,7 @@ def _threshold_line(ax, value: float, label: str, data_range: tuple[float, float
                 ha="center", va="bottom" if below else "top")
 
 
-def figure_rates(metrics: dict, path: Path) -> None:
+def figure_rates(metrics: Metrics, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(metrics["models"])
@@ -120,7 +121,7 @@ def figure_per_prompt(models: list[RatedModel], cfg: MetricsConfig, data_range: 
     plt.close(fig)
 
 
-def figure_thresholds(metrics: dict, path: Path) -> None:
+def figure_thresholds(metrics: Metrics, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sweep = metrics["thresholds"]["sweep"]
@@ -142,7 +143,7 @@ def figure_thresholds(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def figure_tradeoff(metrics: dict, path: Path) -> None:
+def figure_tradeoff(metrics: Metrics, path: Path) -> None:
     """Over-refusal against unsafe compliance, one point per model: the trade-off in one picture
     (the corner at the origin refuses nothing safe and answers nothing unsafe)."""
     import matplotlib.pyplot as plt
@@ -166,14 +167,14 @@ def figure_tradeoff(metrics: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def has_xstest(metrics: dict) -> bool:
+def has_xstest(metrics: Metrics) -> bool:
     return any(s["kind"] == "xstest" for s in (metrics.get("suites") or {}).values())
 
 
 FIGURE_FILES = ("rates.png", "reward_boxes.png", "per_prompt.png", "thresholds.png", "tradeoff.png")
 
 
-def figure_captions(metrics: dict) -> dict[str, str]:
+def figure_captions(metrics: Metrics) -> dict[str, str]:
     return {
         "rates.png": f"HmR, HpR and CAS per model with {level(metrics)} intervals",
         "reward_boxes.png": "reward distributions per model",
@@ -182,7 +183,7 @@ def figure_captions(metrics: dict) -> dict[str, str]:
     } | ({"tradeoff.png": "XSTest: over-refusal against unsafe compliance"} if has_xstest(metrics) else {})
 
 
-def make_figures(models: list[RatedModel], metrics: dict, cfg: MetricsConfig, out: Path) -> list[str]:
+def make_figures(models: list[RatedModel], metrics: Metrics, cfg: MetricsConfig, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")

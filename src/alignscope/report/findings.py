@@ -7,11 +7,12 @@ from __future__ import annotations
 
 
 from alignscope.markdown import display, fmt, fmt_rate, p_is
-from alignscope.metrics import (SIGNIFICANCE, finding)
+from alignscope.metrics_schema import Metrics
+from alignscope.metrics import SIGNIFICANCE, finding
 
 from alignscope.report.tables import level, margin_text, percent, percent_ci, reward_places
 
-def rate_findings(metrics: dict) -> list[str]:
+def rate_findings(metrics: Metrics) -> list[str]:
     """Which rate differences the paired tests support (q < SIGNIFICANCE), and which they do not;
     with a judge whose error is known, a supported gap must also pass its margin (metrics.finding)."""
     supported, unsupported, within = [], [], []
@@ -57,7 +58,7 @@ def rate_findings(metrics: dict) -> list[str]:
     return parts
 
 
-def reward_findings(metrics: dict) -> str:
+def reward_findings(metrics: Metrics) -> str:
     places, rewards, within = reward_places(metrics), [], []
     judge_error = (metrics.get("judge") or {}).get("error") or {}
     for t in metrics["paired_tests"]:
@@ -83,7 +84,7 @@ def reward_findings(metrics: dict) -> str:
     return " ".join(parts)
 
 
-def retention_findings(metrics: dict) -> list[str]:
+def retention_findings(metrics: Metrics) -> list[str]:
     return [f"Of the {r['helpful_before']} helpful prompts {display(r['before'])} answered helpfully, "
             f"{display(r['after'])} still answers {r['still_helpful']} helpfully "
             f"({percent(r['per_prompt'])}%, {level(metrics)} CI {percent_ci(r['per_prompt_ci'])})."
@@ -93,7 +94,7 @@ def retention_findings(metrics: dict) -> list[str]:
 ONE_MODEL = "One model only: there is no second model to compare it with, so no paired test was made."
 
 
-def findings(metrics: dict) -> str:
+def findings(metrics: Metrics) -> str:
     """Plain words: which differences the paired tests support, which they do not."""
     if len(metrics["models"]) < 2:
         return ONE_MODEL

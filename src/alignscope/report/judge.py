@@ -12,7 +12,9 @@ from alignscope.answers import RatedAnswer, RatedModel, read_answers
 from alignscope.data import first_human_turn
 from alignscope.judges import OPENASSISTANT_JUDGE
 from alignscope.markdown import ci, display, fmt, fmt_rate, table
-from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, drawn_findings, harmless_flags, helpful_flags, pairwise_tests, rank_agreement, worst_difference_error)
+from alignscope.metrics_schema import Metrics
+from alignscope.metrics import (SIGNIFICANCE, MetricsConfig, drawn_findings, harmless_flags, helpful_flags,
+                                pairwise_tests, rank_agreement, worst_difference_error)
 from alignscope.judges.score import BLIND_RATING
 
 from alignscope.report.findings import finding_words
@@ -167,7 +169,7 @@ def judge_section(judge: dict) -> str:
     return "\n".join(lines)
 
 
-def beside_reference(metrics: dict, reference: dict, judge_name: str) -> str:
+def beside_reference(metrics: Metrics, reference: dict, judge_name: str) -> str:
     """This study's Table 1 under its judge beside the reference study's own, as published."""
     def row(label: str, m: dict) -> list[str]:
         return [label, *(f"{fmt_rate(m[k])} {ci(m[k + '_ci'])}" for k in ("HmR", "HpR", "CAS"))]
@@ -218,7 +220,7 @@ def judge_check_section(models: list[RatedModel], judge: dict):
     blind = without_length_models(models)
     summary = ((judge.get("card") or {}).get("judge", {}).get("validation") or {}).get(judge.get("applies"), {})
 
-    def section(metrics: dict) -> str:
+    def section(metrics: Metrics) -> str:
         lines = ["## The judge's findings checked against length", "",
                  "Alignment changes how long answers run and how they end, and the judge reads the answer's length "
                  "and log-probabilities. Spearman's rho of each model's ratings with its answers' length in "

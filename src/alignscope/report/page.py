@@ -27,6 +27,7 @@ from pathlib import Path
 from alignscope.answers import CATEGORIES, RatedAnswer, RatedModel
 from alignscope.io import atomic_write_text
 from alignscope.markdown import display
+from alignscope.metrics_schema import Metrics
 from alignscope.metrics import SUITE_MEASURES, passes
 
 SECTION_TITLES = {"harmful": "HH harmful", "helpful": "HH helpful"}
@@ -50,7 +51,7 @@ def with_flips(prompt: dict) -> dict:
     return {**prompt, "answers": [a | {"flip": flip(a.get("pass"), base)} for a in prompt["answers"]]}
 
 
-def hh_sections(models: list[RatedModel], metrics: dict, refused: dict, label: str = "") -> list[dict]:
+def hh_sections(models: list[RatedModel], metrics: Metrics, refused: dict, label: str = "") -> list[dict]:
     """The harmful and helpful prompts, each answer decided at the thresholds metrics.json records;
     `refused`: the refusal decisions on them (`refusal.decide`'s flags: {model: {category: [bool]}})."""
     sections = []

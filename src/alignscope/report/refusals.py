@@ -7,12 +7,13 @@ from __future__ import annotations
 
 
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, p_is, table
-from alignscope.metrics import (SIGNIFICANCE)
+from alignscope.metrics_schema import Metrics
+from alignscope.metrics import SIGNIFICANCE
 
 from alignscope.report.findings import ONE_MODEL
 from alignscope.report.tables import level
 
-def refusal_error(metrics: dict) -> float | None:
+def refusal_error(metrics: Metrics) -> float | None:
     """The refusal measure's error on a difference between two models, in points, from its card."""
     card = metrics.get("refusal_card") or {}
     return card.get("difference_error")
@@ -61,7 +62,7 @@ def refusal_verdicts(tests: list[dict], gap, describe, error: float | None) -> l
     return parts
 
 
-def refusal_section(metrics: dict) -> str:
+def refusal_section(metrics: Metrics) -> str:
     """How often each model refuses or deflects: a measure no judge enters."""
     r = metrics["refusal"]
     tests = {(t["a"], t["category"]): t for t in r["tests"]}
@@ -106,7 +107,7 @@ def measure_words(measure: str, spec: dict) -> tuple[str, str]:
     return MEASURE_WORDS.get(measure) or (f"refusal ({spec['category']})", f"{spec['category']} prompts refused")
 
 
-def suite_section(name: str, suite: dict, metrics: dict) -> str:
+def suite_section(name: str, suite: dict, metrics: Metrics) -> str:
     """A suite's refusal rates per model, every pair tested, and which gaps are findings."""
     c = level(metrics)
     measures = suite["measures"]
@@ -138,5 +139,5 @@ def suite_section(name: str, suite: dict, metrics: dict) -> str:
                       *refusal_verdicts(suite["tests"], gap, describe, refusal_error(metrics)), ""])
 
 
-def suites_sections(metrics: dict) -> list[str]:
+def suites_sections(metrics: Metrics) -> list[str]:
     return [suite_section(name, suite, metrics) for name, suite in (metrics.get("suites") or {}).items()]

@@ -13,7 +13,8 @@ from alignscope.answers import RatedModel
 from alignscope.report.page import hh_sections, suite_sections, write_html_report
 from alignscope.io import atomic_write_json, atomic_write_text, check_output_dir
 from alignscope.markdown import display, fmt
-from alignscope.metrics import (MetricsConfig)
+from alignscope.metrics import MetricsConfig
+from alignscope.metrics_schema import Metrics, validate_metrics
 
 from alignscope.report.figures import figure_captions, make_figures
 from alignscope.report.findings import findings
@@ -39,7 +40,7 @@ class ReportConfig:
     """Say that the OpenAssistant judge separates harmless pairs weakly (off when another judge rated)."""
 
 
-def threshold_notes(metrics: dict) -> list[str]:
+def threshold_notes(metrics: Metrics) -> list[str]:
     """A threshold beyond every rating of its category makes that rate the same for every model:
     the thresholds are in the OpenAssistant reward model's units, and another judge has its own."""
     notes = []
@@ -56,7 +57,7 @@ def threshold_notes(metrics: dict) -> list[str]:
     return notes
 
 
-def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_sections: list[str] = (),
+def render_markdown(metrics: Metrics, cfg: ReportConfig, figures: list[str], extra_sections: list[str] = (),
                     leading_sections: list[str] = ()) -> str:
     thr = metrics["thresholds"]
     parts = [f"# {cfg.title}", ""]
@@ -96,23 +97,24 @@ def render_markdown(metrics: dict, cfg: ReportConfig, figures: list[str], extra_
     return "\n".join(parts) + "\n"
 
 
-def refusal_name(metrics: dict) -> str:
+def refusal_name(metrics: Metrics) -> str:
     measure = metrics["refusal"]["measure"]
     return (metrics.get("refusal_card") or {}).get("name") or measure.get("version") or measure["kind"]
 
 
-def html_sections(models: list[RatedModel], metrics: dict, refusals: dict, label: str = "") -> list[dict]:
+def html_sections(models: list[RatedModel], metrics: Metrics, refusals: dict, label: str = "") -> list[dict]:
     """What report.html shows of the answers: the HH prompts and every suite, with `refusal.decide`'s decisions."""
     return hh_sections(models, metrics, refusals["flags"], label) + suite_sections(refusals.get("suites") or {}, label)
 
 
-def write_report(models: list[RatedModel], metrics: dict, out: str | Path, refusals: dict,
+def write_report(models: list[RatedModel], metrics: Metrics, out: str | Path, refusals: dict,
                  report_cfg: ReportConfig = ReportConfig(), extra_sections: list[str] = (),
                  leading_sections=()) -> Path:
     """Write report.md, report.html and figures/ under `out` beside metrics.json, from what `compute_metrics`
     computed (and a study added) and the refusal decisions it was computed from; the report computes nothing.
     A section may be a callable of the metrics."""
     out = check_output_dir(out)
+    validate_metrics(metrics)  # what a study added included: every key named by the schema
     leading, extra_sections = ([section(metrics) if callable(section) else section for section in sections]
                                for sections in (leading_sections, extra_sections))
     figures = [f"figures/{n}" for n in figure_captions(metrics)] if report_cfg.figures else []

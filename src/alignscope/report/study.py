@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 from alignscope.markdown import ci, display, fmt, p_is, table
-from alignscope.metrics import (SIGNIFICANCE)
+from alignscope.metrics_schema import Metrics
+from alignscope.metrics import SIGNIFICANCE
 from alignscope.stages import SHARED_CORES
 
 
@@ -63,7 +64,7 @@ def chance_interval(lo_hi: list[float]) -> str:
     return ci(bounds, places)
 
 
-def training_section(metrics: dict) -> str:
+def training_section(metrics: Metrics) -> str:
     """What training did to each trained variant's own objective, on pairs it never saw: the evidence that
     a difference in Table 1 comes from a model that learned something, or from one that did not."""
     rows, unlearned, sft_flat, missing = [], [], [], []

@@ -10,28 +10,29 @@ import math
 
 
 from alignscope.markdown import ci, display, fmt, fmt_p, fmt_rate, table
-from alignscope.metrics import (finding_margin)
+from alignscope.metrics_schema import Metrics
+from alignscope.metrics import finding_margin
 
 
-def level(metrics: dict) -> str:
+def level(metrics: Metrics) -> str:
     """The confidence of the intervals, as the report labels them ("95%")."""
     return f"{metrics['confidence']:.0%}"
 
 
-def rating_range(metrics: dict) -> tuple[float, float]:
+def rating_range(metrics: Metrics) -> tuple[float, float]:
     """Lowest and highest rating of any model in either category."""
     ranges = metrics["rating_range"].values()
     return min(lo for lo, _ in ranges), max(hi for _, hi in ranges)
 
 
-def reward_places(metrics: dict) -> int:
+def reward_places(metrics: Metrics) -> int:
     """Decimals for rewards: the study's 2 on OpenAssistant's scale (rewards spanning ~10), more
     for a judge whose rewards span a fraction of one, where 2 would print every difference as 0.00."""
     lo, hi = rating_range(metrics)
     return 2 if hi <= lo else max(2, 3 - math.floor(math.log10(hi - lo)))
 
 
-def table1(metrics: dict) -> str:
+def table1(metrics: Metrics) -> str:
     rows, places = [], reward_places(metrics)
     for name, m in metrics["models"].items():
         rows.append([display(name),
@@ -45,13 +46,13 @@ def table1(metrics: dict) -> str:
                   f"mean reward, harmful [{c} CI]", f"mean reward, helpful [{c} CI]", "n harmful / helpful"], rows)
 
 
-def table2(metrics: dict) -> str:
+def table2(metrics: Metrics) -> str:
     rows = [[display(n), fmt(r["HmR"], sign=True), fmt(r["HpR"], sign=True), fmt(r["CAS"], sign=True)]
             for n, r in metrics["relative_to_base"].items()]
     return table(["Model", "HmR change %", "HpR change %", "CAS change %"], rows)
 
 
-def rate_tests_table(metrics: dict) -> str:
+def rate_tests_table(metrics: Metrics) -> str:
     rows = []
     for t in metrics["paired_tests"]:
         if t["metric"] not in ("HmR", "HpR"):
@@ -63,7 +64,7 @@ def rate_tests_table(metrics: dict) -> str:
                   "q (BH)"], rows)
 
 
-def reward_tests_table(metrics: dict) -> str:
+def reward_tests_table(metrics: Metrics) -> str:
     rows, places = [], reward_places(metrics)
     for t in metrics["paired_tests"]:
         if not t["metric"].startswith("mean_reward"):
@@ -75,7 +76,7 @@ def reward_tests_table(metrics: dict) -> str:
                   "q (BH)"], rows)
 
 
-def retention_table(metrics: dict) -> str:
+def retention_table(metrics: Metrics) -> str:
     rows = []
     for r in metrics["retention"]:
         rows.append([f"{display(r['before'])} -> {display(r['after'])}",
