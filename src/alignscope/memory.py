@@ -8,10 +8,12 @@ is minutes of a study (`bench/allocators.py` measures it against jemalloc and
 TCMalloc). `keep_freed_memory` tells glibc to serve every block from its heap and
 keep what is freed: the process's peak stays resident, and later steps reuse it.
 
-Off unless asked for (`ALIGNSCOPE_MALLOC=keep`; the CLI calls this first): glibc still
-places torch's 64-byte-aligned blocks so that a freed block of one size is not reused
-for the next of the same size, and no side-by-side run of the study's own steps has yet
-shown it faster. Elsewhere than glibc it does nothing.
+On by default where `alignscope` runs (the CLI calls this first); `ALIGNSCOPE_MALLOC=system`
+leaves glibc as it is. Chosen by `bench/allocators.py` run alone on the demo's own steps
+(docs/results/2026-12-06-demo-costs.md): a DPO step took 0.86x glibc's wall time kept, an SFT step
+0.76x, with a thirtieth of the page faults; jemalloc and TCMalloc with retention did about as well
+or a little better but need a library preloaded. The cost: a process keeps its peak resident until
+it exits. Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+
+from alignscope.io import InputError
 
 MALLOC_ENV = "ALIGNSCOPE_MALLOC"
 # mallopt parameters (malloc.h)
@@ -57,8 +61,11 @@ def keep_freed_memory() -> str:
 
 
 def _keep_freed_memory() -> str:
-    if os.environ.get(MALLOC_ENV, "system") != "keep":
-        return f"system allocator (set {MALLOC_ENV}=keep to keep freed memory)"
+    setting = os.environ.get(MALLOC_ENV, "keep")
+    if setting not in ("keep", "system"):
+        raise InputError(f"{MALLOC_ENV}={setting!r}: expected keep (the default) or system")
+    if setting == "system":
+        return f"system allocator ({MALLOC_ENV}=system)"
     preloaded = os.environ.get("LD_PRELOAD", "")
     if "jemalloc" in preloaded or "tcmalloc" in preloaded:
         return f"preloaded {os.path.basename(preloaded.split(':')[0])}"

@@ -102,6 +102,7 @@ class StudyRun:
         self.index = variant_index(self.cfg)
         self.evalset_path = self.out / "evalset.json"
         self.generations = ResultCache(cache_dir() / "generations")
+        self._judge_fingerprint: str | None = None
         self.scores = ResultCache(cache_dir() / "scores")
 
     def run(self) -> StudyResult:
@@ -262,8 +263,8 @@ class StudyRun:
                                        self.scores)
             write_card(card, folder)
 
-        key = [judge_fingerprint(score_cfg.model, score_cfg.allow_pickle, score_cfg.revision),
-               self.cfg.reference_judge, asdict(self.cfg.metrics), code_hash(("judges/card.py",))]
+        key = [self.judge_fingerprint(), self.cfg.reference_judge, asdict(self.cfg.metrics),
+               code_hash(("judges/card.py",))]
         return Stage("judge card", self.reference_files(), key, [folder / "judge.json", folder / "judge.md"], work)
 
     def judge_report(self) -> dict:
@@ -344,6 +345,14 @@ class StudyRun:
         return [self.out / kind / base.name / answer_filename(self.index[v], v, c)
                 for v in self.variants for c in CATEGORIES]
 
+    def judge_fingerprint(self) -> str:
+        """The judge's fingerprint, taken once it exists (after the judge stage) and kept for the run:
+        every stage it keys is keyed by the same judge."""
+        if self._judge_fingerprint is None:
+            cfg = self.score_config()
+            self._judge_fingerprint = judge_fingerprint(cfg.model, cfg.allow_pickle, cfg.revision)
+        return self._judge_fingerprint
+
     def score_config(self) -> ScoreConfig:
         judge = self.cfg.judge
         return ScoreConfig(model=self.judge["model"], max_length=judge.max_length, batch_size=judge.batch_size,
@@ -359,8 +368,7 @@ class StudyRun:
             bar.close()
             return info
 
-        key = [judge_fingerprint(score_cfg.model, score_cfg.allow_pickle, score_cfg.revision),
-               asdict(score_cfg) | {"model": None}]
+        key = [self.judge_fingerprint(), asdict(score_cfg) | {"model": None}]
         return Stage(f"score {base.name}", files, key, self.answer_files(base, "rated"), work)
 
     # ------------------------------------------------------------------ refusals
@@ -567,7 +575,7 @@ class StudyRun:
         trained = {f"{b}/{v}": trained_model_record(self.out / "models" / b / v) for b, v in self.trained}
         judge = dict(self.judge)
         if judge.get("model"):
-            judge["fingerprint"] = judge_fingerprint(judge["model"], self.cfg.allow_pickle, judge.get("revision"))
+            judge["fingerprint"] = self.judge_fingerprint()
         return {**study_manifest(
             name=self.cfg.name, config=asdict(self.cfg), evalset_path=self.evalset_path, evalset=self.evalset,
             config_file=str(self.config_path) if self.config_path else None, judge=judge, trained=trained,
