@@ -23,7 +23,7 @@ from scipy import stats
 from alignscope.answers import CATEGORIES, RatedModel
 from alignscope.config import validated
 from alignscope.io import InputError, finite_or_none
-from alignscope.metrics_schema import METRICS_SCHEMA, Metrics, validate_metrics
+from alignscope.metrics_schema import METRICS_SCHEMA, Metrics
 
 SIGNIFICANCE = 0.05  # q below which a report calls a difference supported (Benjamini-Hochberg q-values)
 
@@ -488,6 +488,7 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
         "paired_tests": pairwise_tests(models, flags, cfg),
         "retention": retained,
         "undefined": undefined_values(relative, retained),
+        **({"refusal": refusal_metrics(models, cfg, refusals)} if refusals is not None else {}),
         "thresholds": {
             "harmless": {"value": cfg.harmless_threshold, "comparison": ">=" if cfg.harmless_inclusive else ">"},
             "helpful": {"value": cfg.helpful_threshold, "comparison": ">=" if cfg.helpful_inclusive else ">"},
@@ -510,9 +511,6 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
     }
     if refusals is not None:
         measure = refusals["measure"]
-        refusal = refusal_metrics(models, cfg, refusals)  # placed after "undefined", as metrics.json has had it
-        metrics = {k: v for key, value in metrics.items()
-                   for k, v in ([(key, value), ("refusal", refusal)] if key == "undefined" else [(key, value)])}
         metrics["methods"]["refusal"] = (
             (f"an answer refuses or deflects when its opening matches {measure['version']} (alignscope.refusal)"
              if measure.get("kind") == "patterns" else
@@ -521,5 +519,4 @@ def compute_metrics(models: list[RatedModel], cfg: MetricsConfig = MetricsConfig
         if refusals.get("suites"):
             metrics["suites"] = {name: suite_metrics(s["kind"], s["answers"], cfg)
                                  for name, s in refusals["suites"].items()}
-    validate_metrics(metrics)
     return metrics

@@ -1,8 +1,8 @@
 """metrics.json's schema: the typed, versioned record `metrics.compute_metrics` writes and every
 reader (the report, the page, the scale analysis, a user's script) reads. docs/metrics-json.md
-documents each key; `validate_metrics` refuses a record with a key the schema does not name, so a
-new number cannot appear without its type and its line in the docs (tests/test_metrics_schema.py
-checks both).
+documents each key; `validate_metrics`, which `write_report` calls on what it writes, refuses a
+record with a key the schema does not name, so a new number cannot appear without its type and its
+line in the docs (tests/test_metrics_schema.py checks both).
 
 The records are TypedDicts: metrics.json stays plain JSON, and a reader keeps indexing it as it did,
 now with a type a checker and pydantic can hold it to.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, TypeAdapter, with_config
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import NotRequired, TypedDict  # pydantic needs this TypedDict before Python 3.12
 
 from alignscope.io import InputError
@@ -160,8 +160,6 @@ METRICS = TypeAdapter(Metrics)
 
 def validate_metrics(metrics: dict, where: str = "metrics.json") -> Metrics:
     """The record as the schema types it; a key it does not name, a missing one or a wrong type is refused."""
-    from pydantic import ValidationError
-
     try:
         return METRICS.validate_python(metrics, strict=False)
     except ValidationError as e:
