@@ -12,6 +12,8 @@ shipped configs pin as `revision`.
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import json
 import os
@@ -98,6 +100,51 @@ PACKAGED = {
 }
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """Each GGUF file parsed once while this is open, not once per reader of it.
+
+    transformers opens a GGUF file anew for the config, again for the tokenizer and again for
+    the weights; each time gguf's reader walks every metadata field through numpy memmaps and
+    transformers decodes them all (about 20 s for Gemma-3's 262k-word vocabulary), and it rebuilds
+    gguf's tensor-name map for each of the model's ~400 modules. All three are pure reads of the
+    file, so one result serves every call (the metadata handed out as copies); the converted
+    weights are byte for byte what the uncached path writes (tests/test_models.py)."""
+    import copy
+
+    import gguf
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+
+    reader, name_map, checkpoint = gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint
+    readers, name_maps, metadata = {}, {}, {}
+
+    def shared_reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = reader(path, mode)
+        return readers[key]
+
+    def shared_name_map(arch, n_blocks):
+        if (arch, n_blocks) not in name_maps:
+            name_maps[arch, n_blocks] = name_map(arch, n_blocks)
+        return name_maps[arch, n_blocks]
+
+    def shared_checkpoint(path, return_tensors=False, **kwargs):
+        if return_tensors or kwargs:
+            return checkpoint(path, return_tensors=return_tensors, **kwargs)
+        key = str(Path(path).resolve())
+        if key not in metadata:
+            metadata[key] = checkpoint(path, return_tensors=False)
+        return copy.deepcopy(metadata[key])
+
+    gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint = (
+        shared_reader, shared_name_map, shared_checkpoint)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint = reader, name_map, checkpoint
+
+
 def convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
     """Dequantize a GGUF causal LM into a plain HF folder that can be trained and saved.
 
@@ -107,8 +154,9 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    with gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
